@@ -1,0 +1,138 @@
+"""Throw-away local services on loopback for ``make demo`` and the tests.
+
+A real redis-server and a real S3-compatible HTTP server (moto's server mode), each a child
+process on a free port, so that everything above them talks over sockets as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from autolabel.errors import ConfigError
+from autolabel.settings import Settings
+from autolabel.storage import ObjectStore
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(probe: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if probe():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not come up within {timeout:.0f} s")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Service:
+    """A child process listening on one loopback port; stop() ends it, start() brings it back."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+        self.name, self.argv, self.port, self.log_path = name, argv, port, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+            return _port_open(self.port)
+
+        wait_until(ready, f"{self.name} on port {self.port}", timeout)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def redis_service(workdir: Path, port: int | None = None, *, appendonly: bool = False) -> Service:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConfigError("redis-server is not installed: `apt-get install redis-server` (make test does this)")
+    port = port or free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+            "--save", "", "--appendonly", "yes" if appendonly else "no"]
+    return Service("redis-server", argv, port, workdir / f"redis-{port}.log")
+
+
+def s3_service(workdir: Path, port: int | None = None) -> Service:
+    port = port or free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    return Service("s3 (moto server)", argv, port, workdir / f"s3-{port}.log")
+
+
+class DevStack:
+    """redis-server plus an S3 server with the bucket created; ``env()`` points autolabel at them."""
+
+    def __init__(self, bucket: str = "autolabel", workdir: Path | None = None) -> None:
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="autolabel-dev-"))
+        self.bucket = bucket
+        self.redis = redis_service(self.workdir, appendonly=True)
+        self.s3 = s3_service(self.workdir)
+
+    def start(self) -> DevStack:
+        self.redis.start()
+        self.s3.start()
+        ObjectStore.from_settings(self.settings()).ensure_bucket()
+        return self
+
+    def stop(self) -> None:
+        self.s3.stop()
+        self.redis.stop()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AUTOLABEL_BROKER_URL": f"redis://127.0.0.1:{self.redis.port}/0",
+            "AUTOLABEL_S3_ENDPOINT_URL": f"http://127.0.0.1:{self.s3.port}",
+            "AUTOLABEL_S3_REGION": "us-east-1",
+            "AUTOLABEL_S3_ACCESS_KEY_ID": "devstack",
+            "AUTOLABEL_S3_SECRET_ACCESS_KEY": "devstack-secret",
+            "AUTOLABEL_BUCKET": self.bucket,
+        }
+
+    def settings(self, **overrides: object) -> Settings:
+        values = {key.removeprefix("AUTOLABEL_").lower(): value for key, value in self.env().items()}
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    def subprocess_env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOLABEL_")}
+        env.update(self.env())
+        env.update(extra)
+        return env
+
+    def __enter__(self) -> DevStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,35 @@
+"""The exceptions autolabel raises on purpose; each message says what to do about it."""
+
+from __future__ import annotations
+
+
+class AutolabelError(Exception):
+    """Base class: catch this to handle every failure autolabel reports deliberately."""
+
+
+class ConfigError(AutolabelError):
+    """A setting is missing or has a value that cannot work."""
+
+
+class InvalidInputError(AutolabelError, ValueError):
+    """Input (a payload, a job id, a video, a frame) was refused; the message names the field."""
+
+
+class StorageError(AutolabelError):
+    """The object store refused or failed a request."""
+
+
+class ObjectNotFoundError(StorageError):
+    """An object the job needs is not in the bucket."""
+
+
+class JobNotFoundError(AutolabelError):
+    """No job with that id is known to the broker or the object store."""
+
+
+class FrameError(AutolabelError):
+    """One frame cannot be processed (missing, empty, corrupt, too large); the job goes on."""
+
+
+class CheckpointError(AutolabelError):
+    """A model checkpoint cannot be read or does not fit its config."""
