@@ -1,0 +1,44 @@
+"""The Celery app both sides share: JSON only, late acks, events on for Flower.
+
+Producers only send tasks by name (``app.send_task(TASK_DETECT, kwargs=...)``), so this
+module imports no task code and no torch.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from autolabel.contract import DEFAULT_QUEUE
+from autolabel.settings import Settings
+
+# Redis redelivers an unacknowledged message after this many seconds. It must exceed the
+# longest a batch can take, or a slow batch is run twice in parallel.
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("autolabel", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=DEFAULT_QUEUE,
+        # A message is acknowledged after its results are written; a worker that dies
+        # mid-batch leaves it to be delivered again.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Flower shows tasks only when both sides emit events.
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "sep": ":",
+        },
+    )
+    return app

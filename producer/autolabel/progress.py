@@ -1,0 +1,197 @@
+"""Job progress in Redis: counters that count each frame once, and a single finalize claim.
+
+Per job:
+    autolabel:job:ID          hash: state, total, model, source, timestamps, finalize claim, timings
+    autolabel:job:ID:done     set of frame ids labeled
+    autolabel:job:ID:failed   hash frame id -> reason, never holding a frame that is in :done
+    autolabel:jobs            sorted set of job ids by creation time
+Recording results is one Lua script, so concurrent workers and redelivered tasks cannot
+double-count a frame or both claim the job's finalize step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
+import redis
+from pydantic import BaseModel
+
+from autolabel.errors import JobNotFoundError
+
+JOBS_INDEX = "autolabel:jobs"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINALIZING = "finalizing"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    state: JobState
+    total: int
+    done: int
+    failed: int
+    model: str
+    source: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    failures: dict[str, str] = {}
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def ended(self) -> bool:
+        return self.state in (JobState.DONE, JobState.CANCELLED)
+
+    def frames_per_second(self, now: float | None = None) -> float:
+        if self.started_at is None or self.done == 0:
+            return 0.0
+        end = self.finished_at or (now or time.time())
+        return self.done / max(end - self.started_at, 1e-6)
+
+
+# KEYS: job hash, done set, failed hash. ARGV: now, number of done ids, done ids..., then
+# (failed id, reason) pairs. Returns -1 for an unknown job, 1 to the one caller that
+# completes the job (it must enqueue finalize), else 0.
+_RECORD = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+local n_done = tonumber(ARGV[2])
+for i = 3, 2 + n_done do
+  redis.call('SADD', KEYS[2], ARGV[i])
+  redis.call('HDEL', KEYS[3], ARGV[i])
+end
+for i = 3 + n_done, #ARGV, 2 do
+  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+end
+if state == 'queued' and #ARGV > 2 then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1])
+  state = 'running'
+end
+local finished = redis.call('SCARD', KEYS[2]) + redis.call('HLEN', KEYS[3])
+if (state == 'running' or state == 'queued') and finished >= tonumber(redis.call('HGET', KEYS[1], 'total'))
+   and redis.call('HSETNX', KEYS[1], 'finalize_claimed', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'state', 'finalizing')
+  return 1
+end
+return 0
+"""
+
+
+def _keys(job_id: str) -> tuple[str, str, str]:
+    base = f"autolabel:job:{job_id}"
+    return base, f"{base}:done", f"{base}:failed"
+
+
+class ProgressStore:
+    """All reads and writes of job progress. Safe to share between threads."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._record = client.register_script(_RECORD)
+
+    @classmethod
+    def from_url(cls, url: str) -> ProgressStore:
+        return cls(redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True))
+
+    def register(self, job_id: str, *, total: int, model: str, source: str) -> None:
+        """Start tracking a new job (or restart tracking a re-submitted one) with ``total`` frames."""
+        job, done, failed = _keys(job_id)
+        now = time.time()
+        with self.redis.pipeline() as pipe:
+            pipe.delete(job, failed)
+            pipe.hset(job, mapping={"state": JobState.QUEUED, "total": total, "model": model,
+                                    "source": source, "created_at": now})
+            pipe.zadd(JOBS_INDEX, {job_id: now})
+            pipe.execute()
+        # Frames labeled by an earlier submission of the same job id stay counted.
+        self._finish_if_complete(job_id)
+
+    def _finish_if_complete(self, job_id: str) -> bool:
+        return self.record(job_id, done=(), failed={}) == 1
+
+    def record(self, job_id: str, *, done: Iterable[str], failed: Mapping[str, str]) -> int:
+        """Count frames as labeled or failed; 1 means this caller completed the job."""
+        done = list(done)
+        args: list[str | float | int] = [time.time(), len(done), *done]
+        for frame_id, reason in failed.items():
+            args += [frame_id, reason[:500]]
+        return int(self._record(keys=list(_keys(job_id)), args=args))
+
+    def add_timing(self, job_id: str, *, frames: int, infer_seconds: float) -> None:
+        job, _, _ = _keys(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(job, "batches", 1)
+            pipe.hincrby(job, "frames_inferred", frames)
+            pipe.hincrbyfloat(job, "infer_seconds", infer_seconds)
+            pipe.execute()
+
+    def timings(self, job_id: str) -> dict[str, float]:
+        job, _, _ = _keys(job_id)
+        raw = self.redis.hmget(job, ["batches", "frames_inferred", "infer_seconds"])
+        return {name: float(value or 0) for name, value in zip(("batches", "frames_inferred", "infer_seconds"), raw)}
+
+    def mark_done(self, job_id: str) -> None:
+        job, _, _ = _keys(job_id)
+        self.redis.hset(job, mapping={"state": JobState.DONE, "finished_at": time.time()})
+
+    def cancel(self, job_id: str) -> None:
+        self.status(job_id)
+        job, _, _ = _keys(job_id)
+        self.redis.hset(job, mapping={"state": JobState.CANCELLED, "finished_at": time.time()})
+
+    def is_cancelled(self, job_id: str) -> bool:
+        job, _, _ = _keys(job_id)
+        return self.redis.hget(job, "state") == JobState.CANCELLED
+
+    def done_frames(self, job_id: str) -> set[str]:
+        return set(self.redis.smembers(_keys(job_id)[1]))
+
+    def reopen(self, job_id: str, frame_ids: Iterable[str]) -> None:
+        """Forget the failures of frames about to be retried and allow a new finalize."""
+        job, _, failed = _keys(job_id)
+        frame_ids = list(frame_ids)
+        with self.redis.pipeline() as pipe:
+            if frame_ids:
+                pipe.hdel(failed, *frame_ids)
+            pipe.hdel(job, "finalize_claimed", "finished_at")
+            pipe.hset(job, "state", JobState.RUNNING)
+            pipe.execute()
+
+    def status(self, job_id: str) -> JobStatus:
+        job, done, failed = _keys(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hgetall(job)
+            pipe.scard(done)
+            pipe.hgetall(failed)
+            fields, n_done, failures = pipe.execute()
+        if not fields:
+            raise JobNotFoundError(f"job {job_id!r} is not known to the broker; check the id with `autolabel jobs`")
+        return JobStatus(
+            job_id=job_id, state=fields["state"], total=int(fields["total"]), done=n_done,
+            failed=len(failures), model=fields.get("model", ""), source=fields.get("source", ""),
+            created_at=float(fields["created_at"]),
+            started_at=float(fields["started_at"]) if "started_at" in fields else None,
+            finished_at=float(fields["finished_at"]) if "finished_at" in fields else None,
+            failures=failures,
+        )
+
+    def recent(self, limit: int = 20) -> list[JobStatus]:
+        statuses = []
+        for job_id in self.redis.zrevrange(JOBS_INDEX, 0, limit - 1):
+            try:
+                statuses.append(self.status(job_id))
+            except JobNotFoundError:
+                self.redis.zrem(JOBS_INDEX, job_id)
+        return statuses

@@ -1,0 +1,82 @@
+"""Progress counters on a real redis-server: each frame counted once, one finalize claim."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from autolabel.errors import JobNotFoundError
+from autolabel.progress import JobState, ProgressStore
+from autolabel.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def progress(settings: Settings) -> ProgressStore:
+    return ProgressStore.from_url(settings.broker_url)
+
+
+def test_frames_processed_twice_are_counted_once(progress: ProgressStore) -> None:
+    progress.register("twice", total=3, model="m", source="v.mp4")
+    assert progress.record("twice", done=["a", "b"], failed={}) == 0
+    assert progress.record("twice", done=["a", "b"], failed={}) == 0
+    status = progress.status("twice")
+    assert (status.done, status.failed, status.state) == (2, 0, JobState.RUNNING)
+
+
+def test_a_frame_that_succeeds_after_failing_is_not_failed(progress: ProgressStore) -> None:
+    progress.register("flaky", total=2, model="m", source="v.mp4")
+    progress.record("flaky", done=[], failed={"a": "corrupt"})
+    progress.record("flaky", done=["a"], failed={})
+    progress.record("flaky", done=[], failed={"a": "late duplicate failure"})
+    status = progress.status("flaky")
+    assert (status.done, status.failed) == (1, 0)
+
+
+def test_exactly_one_racing_caller_claims_finalize(progress: ProgressStore) -> None:
+    frames = [f"f{i:03d}" for i in range(200)]
+    progress.register("race", total=len(frames), model="m", source="v.mp4")
+
+    def record(frame_id: str) -> int:
+        # Every frame is reported by two "workers", as after a redelivery.
+        return progress.record("race", done=[frame_id], failed={}) + progress.record("race", done=[frame_id], failed={})
+
+    with ThreadPoolExecutor(8) as pool:
+        claims = sum(pool.map(record, frames))
+    assert claims == 1
+    status = progress.status("race")
+    assert (status.done, status.state) == (200, JobState.FINALIZING)
+    progress.mark_done("race")
+    assert progress.status("race").ended
+
+
+def test_failures_complete_a_job_too(progress: ProgressStore) -> None:
+    progress.register("bad", total=2, model="m", source="v.mp4")
+    assert progress.record("bad", done=["a"], failed={}) == 0
+    assert progress.record("bad", done=[], failed={"b": "FrameError: empty"}) == 1
+    assert progress.status("bad").failures == {"b": "FrameError: empty"}
+
+
+def test_reopen_allows_a_second_finalize_after_retry(progress: ProgressStore) -> None:
+    progress.register("again", total=2, model="m", source="v.mp4")
+    progress.record("again", done=["a"], failed={"b": "missing"})
+    progress.mark_done("again")
+    progress.reopen("again", ["b"])
+    status = progress.status("again")
+    assert (status.state, status.failed) == (JobState.RUNNING, 0)
+    assert progress.record("again", done=["b"], failed={}) == 1
+
+
+def test_cancelled_job_is_never_finalized(progress: ProgressStore) -> None:
+    progress.register("stop", total=1, model="m", source="v.mp4")
+    progress.cancel("stop")
+    assert progress.is_cancelled("stop")
+    assert progress.record("stop", done=["a"], failed={}) == 0
+
+
+def test_unknown_job(progress: ProgressStore) -> None:
+    with pytest.raises(JobNotFoundError, match="nope"):
+        progress.status("nope")
+    assert progress.record("nope", done=["a"], failed={}) == -1
