@@ -1,0 +1,83 @@
+"""The Batcher's logic with a stand-in predict function (pure logic; the real model runs in e2e)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from autolabel.detections import Detection
+from autolabel_worker.batching import Batcher
+
+
+def frame(value: int) -> np.ndarray:
+    return np.full((2, 2, 3), value, dtype=np.uint8)
+
+
+class Recorder:
+    """Returns one detection per frame whose score is the frame's pixel value / 100."""
+
+    def __init__(self, gate: threading.Event | None = None, poison: int | None = None) -> None:
+        self.calls: list[list[int]] = []
+        self.gate, self.poison = gate, poison
+
+    def __call__(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection]]:
+        values = [int(image[0, 0, 0]) for image in images]
+        self.calls.append(values)
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.poison in values:
+            raise RuntimeError(f"frame {self.poison} breaks the model")
+        return [[Detection(box=(0, 0, 1, 1), score=v / 100, class_id=0, class_name="x")] for v in values]
+
+
+def test_a_lone_frame_runs_at_once() -> None:
+    predict = Recorder()
+    batcher = Batcher(predict, max_batch=8)
+    # result(timeout) only guards against a hang: a batcher that waited to fill would never return.
+    assert batcher.submit([frame(50)], 0.0)[0].result(timeout=10)[0].score == 0.5
+    assert predict.calls == [[50]]
+    batcher.close()
+
+
+def test_backlog_forms_full_batches_across_tasks() -> None:
+    gate = threading.Event()
+    predict = Recorder(gate)
+    batcher = Batcher(predict, max_batch=4)
+    first = batcher.submit([frame(1)], 0.0)
+    while not predict.calls:  # the first pass is running and holds the device
+        threading.Event().wait(0.01)
+    # Ten single-frame tasks arrive while the device is busy.
+    waiting = [batcher.submit([frame(10 + i)], 0.0)[0] for i in range(10)]
+    gate.set()
+    assert [f.result(timeout=10)[0].score for f in first + waiting] == pytest.approx([0.01] + [(10 + i) / 100 for i in range(10)])
+    assert [len(call) for call in predict.calls] == [1, 4, 4, 2]
+    assert batcher.stats.sizes == [1, 4, 4, 2]
+    batcher.close()
+
+
+def test_a_failing_frame_fails_alone() -> None:
+    predict = Recorder(poison=7)
+    batcher = Batcher(predict, max_batch=4)
+    outcome = batcher.predict([frame(5), frame(7), frame(9)], 0.0)
+    assert isinstance(outcome[1], RuntimeError)
+    assert [d.score for d in outcome[0]] == [0.05] and [d.score for d in outcome[2]] == [0.09]
+    batcher.close()
+
+
+def test_each_frame_keeps_its_own_threshold() -> None:
+    gate = threading.Event()
+    predict = Recorder(gate)
+    batcher = Batcher(predict, max_batch=4)
+    busy = batcher.submit([frame(1)], 0.0)
+    while not predict.calls:
+        threading.Event().wait(0.01)
+    strict = batcher.submit([frame(40)], 0.5)
+    loose = batcher.submit([frame(40)], 0.3)
+    gate.set()
+    busy[0].result(timeout=10)
+    assert strict[0].result(timeout=10) == [] and len(loose[0].result(timeout=10)) == 1
+    assert predict.calls[1] == [40, 40]
+    batcher.close()

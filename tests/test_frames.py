@@ -1,0 +1,49 @@
+"""Frame decoding refuses bad images with a reason, and reads the size from the header first."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from autolabel.errors import FrameError
+from autolabel_worker.frames import decode_image
+
+
+def jpeg(width: int, height: int, colour: tuple[int, int, int] = (200, 30, 10)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_decodes_to_bgr() -> None:
+    image = decode_image(jpeg(64, 48), max_pixels=10_000)
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    blue, green, red = image[24, 32].astype(int)
+    assert red > 180 and blue < 40
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n garbage", "not a readable image"),
+        (b"plain text", "not a readable image"),
+        (jpeg(64, 48)[:200], "truncated"),
+    ],
+)
+def test_bad_frames_fail_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(FrameError, match=reason):
+        decode_image(data, max_pixels=10_000)
+
+
+def test_oversized_frame_is_refused_from_its_header() -> None:
+    # A JPEG whose start-of-frame claims 8000x6000 with a 64x48 image behind it: only the
+    # header can have been read when the refusal names the claimed size.
+    data = bytearray(jpeg(64, 48))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (6000).to_bytes(2, "big") + (8000).to_bytes(2, "big")
+    with pytest.raises(FrameError, match="8000x6000, above the limit of 40000000"):
+        decode_image(bytes(data), max_pixels=40_000_000)

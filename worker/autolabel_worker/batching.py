@@ -1,0 +1,110 @@
+"""Adaptive batching across tasks: one model-owning thread per process, fed by task threads.
+
+Each Celery task (running on a thread of the worker's pool) hands its decoded frames to the
+Batcher and blocks on a future. The Batcher's thread takes whatever frames are waiting, up to
+``max_batch``, and runs one forward pass at once: under a backlog, frames of several tasks share
+a pass; with a single frame waiting, it runs alone without waiting for company. While a pass
+runs, other task threads fetch, decode and upload, so I/O overlaps compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autolabel.detections import Detection
+
+log = logging.getLogger(__name__)
+
+PredictFn = Callable[[Sequence[np.ndarray], float], list[list[Detection]]]
+
+
+@dataclass
+class _Item:
+    image: np.ndarray
+    threshold: float
+    future: Future[list[Detection]] = field(default_factory=Future)
+
+
+@dataclass
+class BatchStats:
+    passes: int = 0
+    frames: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+
+class Batcher:
+    def __init__(self, predict: PredictFn, max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self._predict = predict
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self.stats = BatchStats()
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, images: Sequence[np.ndarray], threshold: float) -> list[Future[list[Detection]]]:
+        """Queue frames; each future holds one frame's detections or that frame's own exception."""
+        items = [_Item(image, threshold) for image in images]
+        for item in items:
+            self._queue.put(item)
+        return [item.future for item in items]
+
+    def predict(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection] | BaseException]:
+        """Blocking form of ``submit``: per frame, its detections or the exception it raised."""
+        results: list[list[Detection] | BaseException] = []
+        for future in self.submit(images, threshold):
+            exc = future.exception()
+            results.append(exc if exc is not None else future.result())
+        return results
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _take(self) -> list[_Item] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            batch.append(item)
+        return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            self.stats.passes += 1
+            self.stats.frames += len(batch)
+            self.stats.sizes.append(len(batch))
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        # One pass at the lowest threshold asked for; each frame keeps its own threshold's boxes.
+        threshold = min(item.threshold for item in batch)
+        try:
+            outputs = self._predict([item.image for item in batch], threshold)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # Find the frame that breaks the pass, so only it fails.
+            log.exception("batched forward pass of %d frames failed; running them one by one", len(batch))
+            for item in batch:
+                self._run_batch([item])
+            return
+        for item, detections in zip(batch, outputs):
+            item.future.set_result([d for d in detections if d.score >= item.threshold])

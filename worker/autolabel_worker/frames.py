@@ -1,0 +1,73 @@
+"""Fetching and decoding a batch's frames: concurrent, and each frame fails on its own."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from autolabel.contract import FrameRef
+from autolabel.errors import FrameError, ObjectNotFoundError
+from autolabel.storage import ObjectStore
+
+
+@dataclass
+class LoadedFrame:
+    ref: FrameRef
+    image: np.ndarray  # BGR uint8 HxWx3, the layout mmdet's pipelines expect
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode JPEG/PNG bytes to BGR, refusing empty, oversized (from the header) and corrupt images."""
+    if not data:
+        raise FrameError("the frame object is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise FrameError(f"frame is far above the limit of {max_pixels} pixels: {exc}") from exc
+    except OSError as exc:
+        raise FrameError(f"not a readable image (corrupt or truncated): {exc}") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise FrameError(f"frame is {width}x{height}, above the limit of {max_pixels} pixels")
+    try:
+        rgb = image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        # Pillow raises OSError for truncated or corrupt data only when pixels are decoded.
+        raise FrameError(f"corrupt or truncated image: {exc}") from exc
+    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+
+
+def load_frames(
+    store: ObjectStore, refs: Sequence[FrameRef], *, max_pixels: int, threads: int
+) -> tuple[list[LoadedFrame], dict[str, str]]:
+    """Fetch and decode frames in parallel; returns the good frames and {frame_id: reason} for the rest.
+
+    A missing or bad frame fails alone; any other storage error propagates so the task is retried.
+    """
+
+    def load(ref: FrameRef) -> LoadedFrame:
+        return LoadedFrame(ref, decode_image(store.get_bytes(ref.key), max_pixels))
+
+    loaded: list[LoadedFrame] = []
+    failures: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=min(threads, len(refs))) as pool:
+        futures = [(ref, pool.submit(load, ref)) for ref in refs]
+        for ref, future in futures:
+            try:
+                loaded.append(future.result())
+            except (FrameError, ObjectNotFoundError) as exc:
+                failures[ref.frame_id] = f"{type(exc).__name__}: {exc}"
+    return loaded, failures
