@@ -1,0 +1,127 @@
+"""Loading any MMDetection model and running it on a batch of frames in ONE forward pass.
+
+mmdet's ``inference_detector`` runs one image per forward pass; here every frame of a batch
+goes through the config's test pipeline, the results are collated, and ``model.test_step``
+runs once: the data preprocessor pads the batch, and mmdet rescales the boxes back to each
+frame's original size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.model.utils import revert_sync_batchnorm
+from mmengine.registry import init_default_scope
+
+from autolabel.detections import Detection
+from autolabel.errors import CheckpointError, ConfigError
+from autolabel_worker.checkpoint import LoadReport, load_weights
+
+log = logging.getLogger(__name__)
+
+
+def _test_pipeline(cfg: Config) -> Compose:
+    from mmdet.utils import get_test_pipeline_cfg
+
+    steps = [step for step in get_test_pipeline_cfg(cfg) if "LoadAnnotations" not in step["type"]]
+    if not steps or "LoadImage" not in steps[0]["type"]:
+        raise ConfigError("the config's test pipeline must start with an image-loading transform")
+    # Frames arrive decoded; the prefix keeps the type resolvable from any registry scope.
+    steps[0] = {"type": "mmdet.LoadImageFromNDArray"}
+    return Compose(steps)
+
+
+def _classes(cfg: Config, meta: dict[str, Any]) -> tuple[str, ...]:
+    from mmdet.registry import DATASETS
+
+    dataset = cfg.get("test_dataloader", {}).get("dataset", {})
+    dataset_cls = DATASETS.get(dataset.get("type", "")) if dataset.get("type") else None
+    # In order: what the checkpoint was trained on, the config's override, the dataset's default.
+    for source in (meta.get("dataset_meta"), cfg.get("metainfo"), dataset.get("metainfo"),
+                   getattr(dataset_cls, "METAINFO", None)):
+        if source and source.get("classes"):
+            return tuple(source["classes"])
+    raise ConfigError("neither the checkpoint's dataset_meta nor the config's metainfo names the classes")
+
+
+class Detector:
+    """An mmdet model in eval mode with its test pipeline and class names."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Config, classes: tuple[str, ...], device: str,
+                 fp16: bool = False, report: LoadReport | None = None) -> None:
+        self.model, self.cfg, self.classes, self.device = model, cfg, classes, device
+        self.fp16 = fp16
+        self.report = report
+        self.pipeline = _test_pipeline(cfg)
+
+    @classmethod
+    def load(cls, config: str | Path, checkpoint: str | Path | None, *, device: str = "cpu",
+             fp16: bool = False) -> Detector:
+        """Build the config's model (honouring ``custom_imports``) and load the checkpoint.
+
+        A checkpoint that leaves weights missing or of the wrong shape is refused: serving a
+        half-loaded model would label every frame wrongly. ``checkpoint=None`` keeps the
+        random initial weights (tests and benchmarks only).
+        """
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+
+        register_all_modules(init_default_scope=False)
+        cfg = Config.fromfile(str(config))
+        init_default_scope(cfg.get("default_scope", "mmdet"))
+        model = revert_sync_batchnorm(MODELS.build(cfg.model))
+        report = None
+        meta: dict[str, Any] = {}
+        if checkpoint is not None:
+            report = load_weights(model, checkpoint, skip_prefixes=getattr(model, "inference_skip_prefixes", ()))
+            if report.missing or report.shape_mismatch:
+                raise CheckpointError(
+                    f"{checkpoint} does not fit {config}: {len(report.missing)} missing keys "
+                    f"(e.g. {report.missing[:3]}), {len(report.shape_mismatch)} shape mismatches "
+                    f"(e.g. {report.shape_mismatch[:2]}); check it with `autolabel inspect-checkpoint`")
+            if report.unexpected:
+                log.warning("%s: %d unexpected keys ignored (e.g. %s)", checkpoint, len(report.unexpected),
+                            report.unexpected[:3])
+            meta = report.meta
+        if fp16 and not device.startswith("cuda"):
+            log.info("fp16 autocast is for CUDA only; running in fp32 on %s", device)
+            fp16 = False
+        model.to(device).eval()
+        model.cfg = cfg
+        return cls(model, cfg, _classes(cfg, meta), device, fp16, report)
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        # fp16, not bf16: mmcv's deformable-attention CUDA kernel has no bf16 version.
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            yield
+
+    def predict(self, images: Sequence[np.ndarray], score_threshold: float = 0.0) -> list[list[Detection]]:
+        """Detections per image (BGR uint8 HxWx3, any sizes), boxes in each image's own pixels."""
+        if not images:
+            return []
+        batch = pseudo_collate([self.pipeline({"img": image, "img_id": i}) for i, image in enumerate(images)])
+        with torch.no_grad(), self._autocast():
+            outputs = self.model.test_step(batch)
+        return [self._detections(output.pred_instances, image.shape, score_threshold)
+                for output, image in zip(outputs, images)]
+
+    def _detections(self, instances: Any, shape: tuple[int, ...], threshold: float) -> list[Detection]:
+        height, width = shape[:2]
+        scores = instances.scores.float().cpu().numpy()
+        keep = scores >= threshold
+        boxes = instances.bboxes.float().cpu().numpy()[keep]
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        labels = instances.labels.cpu().numpy()[keep]
+        return [Detection(box=tuple(float(v) for v in box), score=float(score), class_id=int(label),
+                          class_name=self.classes[int(label)])
+                for box, score, label in zip(boxes, scores[keep], labels)]
