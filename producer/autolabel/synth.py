@@ -28,7 +28,8 @@ from PIL import Image, ImageDraw
 SHAPE_CLASSES = ("circle", "square", "triangle")
 PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
            (145, 30, 180), (70, 240, 240), (240, 50, 230), (250, 250, 250), (20, 20, 20))
-MIN_SIZE, MAX_SIZE = 12, 140
+MIN_SIZE, SMALL_SIZE, MAX_SIZE = 12, 16, 140
+SMALL_SHARE = 0.2  # objects of 12-16 px: the hard case a labeling model must not miss
 MIN_VISIBLE_FRACTION = 0.35
 MIN_VISIBLE_PIXELS = 50
 
@@ -116,7 +117,10 @@ class _Scene:
 
     def _spawn(self, inside: bool) -> _Shape:
         rng = self.rng
-        size = float(math.exp(rng.uniform(math.log(MIN_SIZE), math.log(MAX_SIZE))))
+        if rng.random() < SMALL_SHARE:
+            size = float(rng.uniform(MIN_SIZE, SMALL_SIZE))
+        else:
+            size = float(math.exp(rng.uniform(math.log(SMALL_SIZE), math.log(MAX_SIZE))))
         speed = rng.uniform(1.0, 9.0)
         if inside:
             x, y = rng.uniform(0, self.width), rng.uniform(0, self.height)
