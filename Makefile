@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup services test demo lock
+.PHONY: setup services test demo bench lock
 
 setup:
 	VENV=$(VENV) scripts/bootstrap.sh
@@ -19,6 +19,10 @@ test: setup services
 
 demo: setup services
 	$(PY) -m autolabel_worker.demo
+
+# Speed and efficiency ratios, measured side by side; results in bench/results/.
+bench: setup services
+	$(PY) bench/run.py
 
 # Regenerate the lock file from the current environment after changing a dependency.
 lock:

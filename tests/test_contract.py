@@ -13,7 +13,7 @@ from autolabel.errors import InvalidInputError
 from autolabel.schemas import render_schemas
 from autolabel.settings import Settings
 
-OPTIONS = {"model": "shapes-dino-tiny", "score_threshold": 0.3}
+OPTIONS = {"model": "shapes-rtmdet-tiny", "score_threshold": 0.3}
 
 
 def frame(i: int, **extra: object) -> dict[str, object]:

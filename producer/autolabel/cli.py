@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import click
 
+from autolabel.errors import AutolabelError
+from autolabel.progress import JobStatus
 from autolabel.settings import get_settings
 
 
-@click.group()
+class _Group(click.Group):
+    """Our errors are for users: print the message, exit 1, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AutolabelError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _client():  # imported lazily: `autolabel --help` and `doctor` need no broker connection
+    from autolabel.client import LabelingClient
+
+    return LabelingClient(get_settings())
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="autolabel")
 def main() -> None:
     """Label video with a heavy detector through Redis/Celery workers and S3 storage."""
@@ -24,3 +46,182 @@ def doctor(producer: bool) -> None:
     settings = get_settings()
     if not report(run_checks(settings, ml_stack=not producer), settings, click.echo):
         sys.exit(1)
+
+
+class ProgressLine:
+    """One status line: redrawn in place on a terminal, printed every few seconds otherwise."""
+
+    def __init__(self, interactive: bool, every_s: float = 2.0) -> None:
+        self.interactive, self.every_s, self.last = interactive, every_s, 0.0
+
+    def __call__(self, status: JobStatus) -> None:
+        now = time.monotonic()
+        if not self.interactive and now - self.last < self.every_s and not status.ended:
+            return
+        self.last = now
+        rate = status.frames_per_second()
+        left = status.total - status.finished
+        eta = f"{left / rate:.0f}s" if rate > 0 and left else "-"
+        filled = int(30 * status.finished / status.total) if status.total else 30
+        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {status.done}/{status.total} done, "
+                f"{status.failed} failed, {rate:.1f} frames/s, ETA {eta}, {status.state}")
+        click.echo(f"\r{line}" if self.interactive else line, nl=not self.interactive, err=True)
+        if self.interactive and status.ended:
+            click.echo(err=True)
+
+
+def _wait(job_id: str) -> None:
+    status = _client().wait(job_id, on_update=ProgressLine(sys.stderr.isatty()))
+    click.echo(f"job {job_id} {status.state}: {status.done} labeled, {status.failed} failed")
+    if status.failed:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("source")
+@click.option("--every-nth", type=int, help="Keep every Nth frame.")
+@click.option("--fps", "target_fps", type=float, help="Keep frames at this rate (follows timestamps).")
+@click.option("--start", "start_s", type=float, help="Start time in seconds.")
+@click.option("--end", "end_s", type=float, help="End time in seconds.")
+@click.option("--model", help="Model name (default: AUTOLABEL_MODEL).")
+@click.option("--score-threshold", type=float, default=0.3, show_default=True)
+@click.option("--classes", help="Comma-separated class names to keep.")
+@click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True, help="0 is served first.")
+@click.option("--batch-size", type=int, help="Frames per task (default: AUTOLABEL_BATCH_SIZE).")
+@click.option("--job-id", help="Job id (default: a new time-sortable id).")
+@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+def submit(source: str, classes: str | None, wait: bool, **options: Any) -> None:
+    """Submit a video file or s3:// URI for labeling."""
+    client = _client()
+    started = time.monotonic()
+
+    def uploaded(count: int) -> None:
+        if sys.stderr.isatty():
+            click.echo(f"\ruploading frames: {count}", nl=False, err=True)
+
+    job_id = client.submit_video(source, classes=classes.split(",") if classes else None,
+                                 on_frame=uploaded, **options)
+    status = client.status(job_id)
+    click.echo(f"{chr(10) if sys.stderr.isatty() else ''}job {job_id}: {status.total} frames uploaded "
+               f"and enqueued in {time.monotonic() - started:.1f}s", err=True)
+    click.echo(job_id)
+    if wait:
+        _wait(job_id)
+
+
+def _describe(status: JobStatus) -> str:
+    created = datetime.fromtimestamp(status.created_at).strftime("%Y-%m-%d %H:%M:%S")
+    return (f"{status.job_id}  {status.state:<10} {status.done:>6}/{status.total:<6} failed {status.failed:<5}"
+            f" {status.frames_per_second():6.1f} frames/s  {status.model}  {created}  {status.source}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+def status(job_id: str, wait: bool) -> None:
+    """Show a job's progress and its failed frames."""
+    if wait:
+        _wait(job_id)
+        return
+    current = _client().status(job_id)
+    click.echo(_describe(current))
+    for frame_id, reason in sorted(current.failures.items()):
+        click.echo(f"  failed {frame_id}: {reason}")
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+def jobs(limit: int) -> None:
+    """List recent jobs, newest first."""
+    for current in _client().jobs(limit):
+        click.echo(_describe(current))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
+def results(job_id: str, out_dir: Path) -> None:
+    """Download a finished job's exports (COCO, Label Studio, summary)."""
+    for path in _client().download_results(job_id, out_dir):
+        click.echo(str(path))
+
+
+@main.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Stop a job: workers skip its remaining frames."""
+    _client().cancel(job_id)
+    click.echo(f"job {job_id} cancelled")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+def retry(job_id: str, wait: bool) -> None:
+    """Re-enqueue a job's failed and missing frames only."""
+    count = _client().retry(job_id)
+    click.echo(f"job {job_id}: {count} frames re-enqueued")
+    if wait and count:
+        _wait(job_id)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many frames.")
+def preview(job_id: str, out_dir: Path, limit: int) -> None:
+    """Render frames with their boxes and class names to PNG files."""
+    from autolabel.preview import render_preview
+
+    paths = render_preview(_client().store, job_id, out_dir, limit=limit)
+    click.echo(f"{len(paths)} frames rendered to {out_dir}")
+
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--gt", "gt_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="COCO ground-truth file (default: OUT with .json).")
+@click.option("--width", type=int, default=1280, show_default=True)
+@click.option("--height", type=int, default=720, show_default=True)
+@click.option("--fps", type=int, default=10, show_default=True)
+@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out: Path, gt_path: Path | None, width: int, height: int, fps: int, seconds: float, seed: int) -> None:
+    """Write a synthetic shapes video with exact COCO ground truth."""
+    from autolabel.synth import generate_video
+
+    info = generate_video(out, gt_path or out.with_suffix(".json"), width=width, height=height, fps=fps,
+                          seconds=seconds, seed=seed)
+    click.echo(f"{info.video}: {info.frames} frames {info.width}x{info.height} at {info.fps} fps; "
+               f"{info.annotations} boxes in {info.ground_truth}")
+
+
+@main.command()
+@click.option("--devices", default="all", show_default=True, help="all, cpu, or GPU indices such as 0,1.")
+@click.option("--procs-per-device", default="auto", show_default=True,
+              help="Worker processes per device, or auto (fit the card's memory; on CPU one per 2 cores).")
+@click.option("--batch-size", type=click.IntRange(1, 64), help="Frames per forward pass (default: AUTOLABEL_BATCH_SIZE).")
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Tasks in flight per process; their frames share forward passes.")
+@click.option("--queues", help="Comma-separated queues (default: the model's queue).")
+@click.option("--health-port", type=int, default=8008, show_default=True, help="HTTP port of /ready and /live.")
+@click.option("--shutdown-timeout", type=float, default=120.0, show_default=True,
+              help="Seconds a process may take to finish its batch on SIGTERM before it is killed.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(devices: str, procs_per_device: str, batch_size: int | None, threads: int, queues: str | None,
+           health_port: int, shutdown_timeout: float, loglevel: str) -> None:
+    """Run worker processes for AUTOLABEL_MODEL (needs the autolabel-worker package)."""
+    try:
+        from autolabel_worker.pool import run_pool
+    except ImportError as exc:
+        raise click.ClickException(f"the worker needs the autolabel-worker package and its ML stack ({exc}); "
+                                   "run `make setup`") from exc
+    if procs_per_device != "auto" and not (procs_per_device.isdigit() and int(procs_per_device) > 0):
+        raise click.BadParameter("a positive number or auto", param_hint="--procs-per-device")
+    settings = get_settings()
+    if batch_size:
+        settings = settings.model_copy(update={"batch_size": batch_size})
+    run_pool(settings, devices=devices, procs_per_device=procs_per_device, threads=threads,
+             queues=queues.split(",") if queues else None, health_port=health_port, loglevel=loglevel,
+             shutdown_timeout=shutdown_timeout)

@@ -46,23 +46,27 @@ def _port_open(port: int) -> bool:
 
 
 class Service:
-    """A child process listening on one loopback port; stop() ends it, start() brings it back."""
+    """A child process, listening on a loopback port when it has one; stop() ends it, start() brings it back."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], port: int | None, log_path: Path) -> None:
         self.name, self.argv, self.port, self.log_path = name, argv, port, log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
+    def start(self, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+        """Start the process and, if it has a port, wait until the port accepts connections."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env)
+        if self.port is None:
+            return
+        port = self.port
 
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
-            return _port_open(self.port)
+            return _port_open(port)
 
-        wait_until(ready, f"{self.name} on port {self.port}", timeout)
+        wait_until(ready, f"{self.name} on port {port}", timeout)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -25,13 +25,14 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     bucket: str = "autolabel"
-    model: str = Field("shapes-dino-tiny", description="model name: a config name in the configs directory")
+    model: str = Field("shapes-rtmdet-tiny", description="model name: a config name in the configs directory")
     checkpoint: str | None = Field(None, description="checkpoint path or s3:// URI; default: the model's own")
     configs_dir: str | None = Field(None, description="directory of model configs; default: the repo's configs/")
     batch_size: int = Field(4, ge=1, le=64)
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     max_frame_pixels: int = Field(40_000_000, ge=1, description="frames larger than this are refused unread")
     frame_fetch_threads: int = Field(8, ge=1, le=64)
+    ready_file: str | None = Field(None, description="a worker process writes this file once it can take work")
 
     @field_validator("broker_url")
     @classmethod

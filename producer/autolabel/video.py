@@ -1,20 +1,33 @@
-"""Reading videos on the producer side: metadata, sampled frames upright, JPEG encoding.
+"""Reading a video for the producer: its metadata, its sampled frames upright, and their JPEG bytes.
 
-Timestamps come from each frame's presentation time (pts x time base), not from index / fps,
-so sampling by a target rate stays right on variable-frame-rate video. Frames are turned
-upright by the stream's display matrix (phones record rotated video and say so in metadata).
-Decoding is lazy: a two-hour video is never held in memory.
+Time is each frame's pts x time_base, counted from the first frame, never index / fps: that is
+what keeps sampling by time right on variable-frame-rate input (phones, screen recordings).
+Frames are decoded one packet at a time, so memory does not grow with the video's length.
+
+Rotation: phones store frames in sensor orientation and ask the player to rotate them, through a
+display matrix (read from each decoded frame's side data) or, in files from old muxers, a ``rotate``
+tag. Frames come out of here already turned upright, and ``VideoInfo`` gives the upright size.
+``VideoInfo.rotation`` is the clockwise angle a player turns the stored frames by, in 0/90/180/270:
+the convention of the ``rotate`` tag, where a portrait phone video says 90.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
+from array import array
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
+from av.container import InputContainer
+from av.sidedata.sidedata import Type as SideDataType
+from av.video.stream import VideoStream
 from PIL import Image
 
 from autolabel.contract import Sampling, VideoInfo
@@ -22,109 +35,240 @@ from autolabel.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
-# Frame durations that differ by more than this fraction of the median mean a VFR stream.
-VFR_TOLERANCE = 0.1
+# FFmpeg opens any text file as a one-stream "video" that renders it as ANSI art (tty and the
+# bintext demuxers); a text file is never what a user meant to label.
+_TEXT_FORMATS = frozenset({"tty", "bin", "adf", "idf", "xbin"})
+
+# Timestamps are exact rationals turned into floats; this absorbs the rounding, so a frame that
+# lands exactly on a sampling instant or on start_s is kept, and one exactly on end_s is not.
+_EPSILON_S = 1e-6
+
+# PIL's transpose turns counter-clockwise, the display angle is clockwise.
+_UPRIGHT = {
+    90: Image.Transpose.ROTATE_270,
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
 class SampledFrame:
-    index: int  # decode order in the whole video, from 0
-    timestamp: float  # seconds from the first frame
-    image: Image.Image  # RGB, upright
+    """One kept frame: its decode index in the whole video, seconds since the first frame, upright RGB image."""
+
+    index: int
+    timestamp: float
+    image: Image.Image
 
 
-def upright(image: Image.Image, rotation: int) -> Image.Image:
-    """Apply a display rotation (degrees counter-clockwise, as in the display matrix)."""
-    rotation %= 360
-    if rotation == 0:
-        return image
-    return image.rotate(rotation, expand=True)
+def probe_video(path: Path) -> VideoInfo:
+    """Read a video's metadata without decoding it all.
+
+    ``frame_count`` counts the stream's packets (every video packet holds one frame), not the
+    container header's count, which Matroska/WebM leave out and some muxers get wrong. Counting
+    packets only reads the file; decoding every frame twice (here and when sampling) would double
+    the producer's work. The two differ only for a damaged packet, which sampling logs and skips.
+    The frame rate and variable_frame_rate come from the packets' timestamps too.
+    """
+    first = _first_frame(path)
+    with _open_video(path) as (container, stream):
+        codec = stream.codec_context.name
+        times = array("q")
+        count = 0
+        last_pts, last_duration = None, 0
+        for packet in _demux(container, stream, path):
+            count += 1
+            if packet.pts is None:
+                continue
+            times.append(packet.pts)
+            if last_pts is None or packet.pts >= last_pts:
+                last_pts, last_duration = packet.pts, packet.duration or 0
+        duration_s, variable = _timing(np.array(times, dtype=np.int64), last_duration, stream, count, path)
+    rotation = _display_rotation(first, _tag_rotation(stream))
+    image_width, image_height = first.width, first.height
+    width, height = (image_height, image_width) if rotation in (90, 270) else (image_width, image_height)
+    return VideoInfo(width=width, height=height, fps=count / duration_s if duration_s > 0 else 0.0,
+                     frame_count=count, duration_s=duration_s, rotation=rotation, codec=codec,
+                     variable_frame_rate=variable)
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def iter_sampled_frames(path: Path, sampling: Sampling) -> Iterator[SampledFrame]:
+    """Decode the video lazily and yield the frames ``sampling`` keeps, in order, upright.
+
+    ``every_nth`` keeps decode indices divisible by N; ``target_fps`` keeps the first frame at or
+    after each instant start_s + k / target_fps and then moves to the next instant after that
+    frame, so it never yields a frame twice and yields every frame of a slower video. Only frames
+    with start_s <= timestamp < end_s are considered; decoding stops at end_s.
+    """
+    keep = _Sampler(sampling)
+    with _open_video(path) as (container, stream):
+        clock = _Clock(stream, path)
+        tag_rotation = _tag_rotation(stream)
+        for index, frame in enumerate(_decoded_frames(container, stream, path)):
+            timestamp = clock.seconds(frame, index)
+            if sampling.end_s is not None and timestamp >= sampling.end_s - _EPSILON_S:
+                return
+            if keep(index, timestamp):
+                image = _upright(frame.to_image(), _display_rotation(frame, tag_rotation))
+                yield SampledFrame(index=index, timestamp=timestamp, image=image)
+
+
+def encode_jpeg(image: Image.Image, quality: int = 92) -> bytes:
+    """JPEG bytes of an image; 92 keeps the edges small objects are detected by."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be within 1..100, not {quality}")
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@contextmanager
+def _open_video(path: Path) -> Iterator[tuple[InputContainer, VideoStream]]:
+    """The container and its video stream, or InvalidInputError saying why the file is no video."""
     if not path.is_file():
         raise InvalidInputError(f"video {path} does not exist or is not a file")
     try:
         container = av.open(str(path))
-    except av.error.FFmpegError as exc:
-        raise InvalidInputError(f"{path} is not a readable video: {exc}") from exc
-    if not container.streams.video:
-        container.close()
-        raise InvalidInputError(f"{path} has no video stream")
-    return container
+    except av.FFmpegError as exc:
+        raise InvalidInputError(f"video {path} cannot be read as a video: {exc.strerror or exc}") from exc
+    with container:
+        if container.format.name in _TEXT_FORMATS:
+            raise InvalidInputError(f"video {path} is a text file, not a video")
+        # Cover art in audio files is a one-picture "video" stream marked as attached.
+        streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        if not streams:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+            raise InvalidInputError(f"video {path} has no video stream (its streams: {kinds})")
+        stream = streams[0]
+        if stream.codec_context is None:
+            raise InvalidInputError(f"video {path}: this FFmpeg build has no decoder for its video codec")
+        # Frame threads as well as slice threads: decoding is the producer's main cost.
+        stream.thread_type = "AUTO"
+        yield container, stream
 
 
-class VideoReader:
-    """One pass over a video; after iterating, ``info()`` describes what was actually decoded."""
+def _demux(container: InputContainer, stream: VideoStream, path: Path) -> Iterator[av.Packet]:
+    """The stream's frame packets, ending the video early (with a warning) where the file is damaged."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError as exc:
+            log.warning("video %s is damaged after this point, reading stops: %s", path, exc)
+            return
+        # Empty packets flush the decoder; discarded ones lie outside the file's edit list and
+        # decode to no frame.
+        if packet.size and not packet.is_discard:
+            yield packet
 
-    def __init__(self, path: Path) -> None:
+
+def _decoded_frames(container: InputContainer, stream: VideoStream, path: Path) -> Iterator[av.VideoFrame]:
+    """Every decodable frame in presentation order; a packet the decoder refuses is logged and skipped."""
+    for packet in _demux(container, stream, path):
+        try:
+            frames = stream.decode(packet)
+        except av.error.InvalidDataError as exc:
+            log.warning("video %s: skipping an undecodable frame at pts %s: %s", path, packet.pts, exc)
+            continue
+        yield from frames
+    yield from stream.decode(None)
+
+
+def _first_frame(path: Path) -> av.VideoFrame:
+    with _open_video(path) as (container, stream):
+        frame = next(_decoded_frames(container, stream, path), None)
+    if frame is None:
+        raise InvalidInputError(f"video {path} has no decodable frame")
+    return frame
+
+
+def _timing(times: np.ndarray, last_duration: int, stream: VideoStream, count: int,
+            path: Path) -> tuple[float, bool]:
+    """(duration in seconds, whether frame durations vary) from the packets' pts."""
+    if times.size == 0:
+        # Raw elementary streams (.h264) carry no timestamps: they play at their nominal rate.
+        return count / float(_nominal_rate(stream, path)), False
+    times.sort()
+    steps = np.diff(times)
+    step = int(np.median(steps)) if steps.size else last_duration
+    # Timestamps are whole ticks of the time base, so 29.97 fps in milliseconds alternates
+    # 33 and 34: a tick (or 1 %) of jitter is rounding, not a variable rate.
+    tolerance = max(1, step // 100)
+    variable = bool(steps.size and np.abs(steps - step).max() > tolerance)
+    end = int(times[-1]) + (last_duration or step)
+    return float((end - int(times[0])) * stream.time_base), variable
+
+
+def _nominal_rate(stream: VideoStream, path: Path) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        raise InvalidInputError(f"video {path} has neither frame timestamps nor a frame rate")
+    return rate
+
+
+class _Clock:
+    """Seconds since the first frame, from pts x time_base."""
+
+    def __init__(self, stream: VideoStream, path: Path) -> None:
+        self.stream = stream
         self.path = path
-        self.decoded = 0
-        self.rotation = 0
-        self.last_timestamp = 0.0
-        self._durations: list[float] = []
-        with _open(path) as container:
-            stream = container.streams.video[0]
-            self.codec = stream.codec_context.name
-            self.width, self.height = stream.codec_context.width, stream.codec_context.height
-            self.fps = float(stream.average_rate or stream.guessed_rate or 0)
+        self.time_base = stream.time_base
+        self.origin: int | None = None
 
-    def frames(self, sampling: Sampling) -> Iterator[SampledFrame]:
-        """The frames the sampling rule keeps, in order."""
-        next_time = sampling.start_s
-        with _open(self.path) as container:
-            stream = container.streams.video[0]
-            first_pts: int | None = None
-            previous: float | None = None
-            try:
-                for frame in container.decode(stream):
-                    index = self.decoded
-                    self.decoded += 1
-                    if frame.pts is None or frame.time_base is None:
-                        timestamp = index / self.fps if self.fps else 0.0
-                    else:
-                        first_pts = frame.pts if first_pts is None else first_pts
-                        timestamp = float((frame.pts - first_pts) * frame.time_base)
-                    if previous is not None:
-                        self._durations.append(timestamp - previous)
-                    previous = timestamp
-                    self.last_timestamp = timestamp
-                    self.rotation = int(frame.rotation or 0)
-                    if timestamp < sampling.start_s:
-                        continue
-                    if sampling.end_s is not None and timestamp > sampling.end_s:
-                        break
-                    if sampling.every_nth is not None and index % sampling.every_nth:
-                        continue
-                    if sampling.target_fps is not None:
-                        # Keep the first frame at or past each sampling instant, once.
-                        if timestamp + 1e-6 < next_time:
-                            continue
-                        while next_time <= timestamp + 1e-6:
-                            next_time += 1.0 / sampling.target_fps
-                    yield SampledFrame(index, round(timestamp, 6), upright(frame.to_image(), self.rotation))
-            except av.error.InvalidDataError as exc:
-                # A damaged tail ends the video; the frames read so far are kept.
-                log.warning("%s: stopped decoding after frame %d: %s", self.path, self.decoded, exc)
-
-    def info(self) -> VideoInfo:
-        durations = sorted(self._durations)
-        median = durations[len(durations) // 2] if durations else 0.0
-        vfr = bool(durations) and median > 0 and (durations[-1] - durations[0]) > VFR_TOLERANCE * median
-        swap = self.rotation % 180 != 0
-        return VideoInfo(
-            width=self.height if swap else self.width,
-            height=self.width if swap else self.height,
-            fps=round(self.fps, 3),
-            frame_count=self.decoded,
-            duration_s=round(self.last_timestamp + (median or (1 / self.fps if self.fps else 0)), 3),
-            rotation=self.rotation,
-            codec=self.codec,
-            variable_frame_rate=vfr,
-        )
+    def seconds(self, frame: av.VideoFrame, index: int) -> float:
+        if frame.pts is None:
+            return float(index / _nominal_rate(self.stream, self.path))
+        if self.origin is None:
+            self.origin = frame.pts
+        # A damaged file can present a frame before its first one; time stays non-negative.
+        return max(0.0, float((frame.pts - self.origin) * self.time_base))
 
 
-def encode_jpeg(image: Image.Image, quality: int = 92) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
+class _Sampler:
+    """Decides, frame after frame in presentation order, which frames the sampling keeps."""
+
+    def __init__(self, sampling: Sampling) -> None:
+        self.sampling = sampling
+        self.next_instant = 0  # k of the next sampling instant start_s + k / target_fps
+
+    def __call__(self, index: int, timestamp: float) -> bool:
+        sampling = self.sampling
+        if timestamp < sampling.start_s - _EPSILON_S:
+            return False
+        if sampling.every_nth is not None:
+            return index % sampling.every_nth == 0
+        if sampling.target_fps is not None:
+            if timestamp < sampling.start_s + self.next_instant / sampling.target_fps - _EPSILON_S:
+                return False
+            # Instants this frame already covers (a gap in a VFR video) are not made up later.
+            self.next_instant = math.floor((timestamp - sampling.start_s + _EPSILON_S) * sampling.target_fps) + 1
+        return True
+
+
+def _display_rotation(frame: av.VideoFrame, tag_rotation: int) -> int:
+    """Clockwise display angle: the frame's display matrix if it has one, else the stream's tag."""
+    if SideDataType.DISPLAYMATRIX in frame.side_data:
+        # PyAV's frame.rotation is counter-clockwise.
+        return _right_angle(-frame.rotation)
+    return tag_rotation
+
+
+def _tag_rotation(stream: VideoStream) -> int:
+    """The legacy ``rotate`` tag (clockwise degrees); Matroska upper-cases tag names."""
+    value = next((v for k, v in stream.metadata.items() if k.lower() == "rotate"), "0")
+    try:
+        return _right_angle(float(value))
+    except ValueError:
+        log.warning("ignoring the stream's rotate tag %r: not a number", value)
+        return 0
+
+
+def _right_angle(degrees: float) -> int:
+    """Snap to 0/90/180/270; the pipeline turns images by whole quarter turns only."""
+    return int(90 * round(degrees / 90)) % 360
+
+
+def _upright(image: Image.Image, rotation: int) -> Image.Image:
+    """Turn a stored frame clockwise by its display rotation."""
+    return image.transpose(_UPRIGHT[rotation]) if rotation else image

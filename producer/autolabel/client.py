@@ -1,0 +1,190 @@
+"""The Python API a backend calls: ``LabelingClient(settings).submit_video(...)`` and friends."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from autolabel import layout
+from autolabel.celery_app import make_celery
+from autolabel.contract import DetectOptions, FrameRef, JobManifest, JobSpec, Sampling, validated
+from autolabel.errors import InvalidInputError
+from autolabel.jobs import enqueue_frames, start_job
+from autolabel.progress import JobState, JobStatus, ProgressStore
+from autolabel.settings import Settings, get_settings
+from autolabel.storage import ObjectStore, parse_s3_uri
+from autolabel.video import VideoReader, encode_jpeg
+
+log = logging.getLogger(__name__)
+
+
+def new_job_id() -> str:
+    """Sortable by creation time and readable in a bucket listing."""
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+class LabelingClient:
+    """Submit, follow, cancel and retry labeling jobs. Thread-safe; reuse one per process."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.store = ObjectStore.from_settings(self.settings)
+        self.progress = ProgressStore.from_url(self.settings.broker_url)
+        self.celery = make_celery(self.settings)
+
+    def _spec(self, source: str, job_id: str | None, options: dict[str, Any]) -> JobSpec:
+        detect = validated(DetectOptions, {
+            "model": options.get("model") or self.settings.model,
+            "score_threshold": options.get("score_threshold", 0.3),
+            "classes": options.get("classes") or None,
+        })
+        sampling = validated(Sampling, {k: options[k] for k in ("every_nth", "target_fps", "start_s", "end_s")
+                                        if options.get(k) is not None})
+        return validated(JobSpec, {
+            "job_id": job_id or new_job_id(), "source": source, "options": detect, "sampling": sampling,
+            "batch_size": options.get("batch_size") or self.settings.batch_size,
+            "priority": options.get("priority", 5),
+        })
+
+    def submit_video(
+        self,
+        source: str | Path,
+        *,
+        job_id: str | None = None,
+        model: str | None = None,
+        score_threshold: float = 0.3,
+        classes: Sequence[str] | None = None,
+        every_nth: int | None = None,
+        target_fps: float | None = None,
+        start_s: float | None = None,
+        end_s: float | None = None,
+        priority: int = 5,
+        batch_size: int | None = None,
+        upload_threads: int = 8,
+        on_frame: Callable[[int], None] | None = None,
+    ) -> str:
+        """Decode a local video or ``s3://`` URI, upload its sampled frames and enqueue them; returns the job id."""
+        spec = self._spec(str(source), job_id, {
+            "model": model, "score_threshold": score_threshold, "classes": classes, "every_nth": every_nth,
+            "target_fps": target_fps, "start_s": start_s, "end_s": end_s, "priority": priority,
+            "batch_size": batch_size})
+        with tempfile.TemporaryDirectory(prefix="autolabel-") as tmp:
+            reader = VideoReader(self._local_video(str(source), Path(tmp)))
+            frames = self._upload_frames(spec, reader, upload_threads, on_frame)
+            video = reader.info()
+        if not frames:
+            raise InvalidInputError(f"sampling {spec.sampling.model_dump(exclude_none=True)} selects no frame "
+                                    f"of {source} ({video.duration_s:.1f} s, {video.frame_count} frames)")
+        start_job(self.store, self.progress, self.celery, spec, frames, video)
+        return spec.job_id
+
+    def _local_video(self, source: str, tmp: Path) -> Path:
+        if source.startswith("s3://"):
+            bucket, key = parse_s3_uri(source)
+            target = tmp / Path(key).name
+            self.store.client.download_file(bucket, key, str(target))
+            return target
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidInputError(f"video {source} does not exist or is not a file")
+        return path
+
+    def _upload_frames(self, spec: JobSpec, reader: VideoReader, threads: int,
+                       on_frame: Callable[[int], None] | None) -> list[FrameRef]:
+        """Encode and upload frames on a thread pool; at most 2 x threads frames are held in memory."""
+        slots = threading.BoundedSemaphore(2 * threads)
+        refs: list[FrameRef] = []
+        pending: list[Future[None]] = []
+        uploaded = 0
+        lock = threading.Lock()
+
+        def upload(key: str, image: Any) -> None:
+            nonlocal uploaded
+            try:
+                self.store.put_bytes(key, encode_jpeg(image), "image/jpeg")
+                with lock:
+                    uploaded += 1
+                    if on_frame:
+                        on_frame(uploaded)
+            finally:
+                slots.release()
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for frame in reader.frames(spec.sampling):
+                frame_id = layout.video_frame_id(frame.index)
+                key = layout.frame_key(spec.job_id, frame_id)
+                refs.append(FrameRef(frame_id=frame_id, key=key, index=frame.index, timestamp=frame.timestamp))
+                slots.acquire()
+                pending.append(pool.submit(upload, key, frame.image))
+            for future in pending:
+                future.result()
+        return refs
+
+    def submit_frames(self, frames: Iterable[FrameRef | dict[str, Any]], *, job_id: str | None = None,
+                      model: str | None = None, score_threshold: float = 0.3,
+                      classes: Sequence[str] | None = None, priority: int = 5,
+                      batch_size: int | None = None) -> str:
+        """Label frames already in the bucket; returns the job id."""
+        refs = [frame if isinstance(frame, FrameRef) else validated(FrameRef, frame) for frame in frames]
+        if not refs:
+            raise InvalidInputError("frames: at least one frame is needed")
+        spec = self._spec("frames", job_id, {"model": model, "score_threshold": score_threshold,
+                                             "classes": classes, "priority": priority, "batch_size": batch_size})
+        start_job(self.store, self.progress, self.celery, spec, refs)
+        return spec.job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        return self.progress.status(job_id)
+
+    def jobs(self, limit: int = 20) -> list[JobStatus]:
+        return self.progress.recent(limit)
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5,
+             on_update: Callable[[JobStatus], None] | None = None) -> JobStatus:
+        """Block until the job is done or cancelled, calling ``on_update`` on every poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(job_id)
+            if on_update:
+                on_update(status)
+            if status.ended:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} not finished after {timeout} s: {status.finished}/{status.total}")
+            time.sleep(poll_s)
+
+    def cancel(self, job_id: str) -> None:
+        """Workers skip the job's remaining batches; frames already labeled keep their results."""
+        self.progress.cancel(job_id)
+
+    def retry(self, job_id: str) -> int:
+        """Re-enqueue the job's failed and missing frames; returns how many."""
+        manifest = JobManifest.model_validate(self.store.get_json(layout.manifest_key(job_id)))
+        done = self.progress.done_frames(job_id)
+        todo = [frame for frame in manifest.frames if frame.frame_id not in done]
+        if not todo:
+            return 0
+        self.progress.reopen(job_id, [frame.frame_id for frame in todo])
+        enqueue_frames(self.celery, manifest.spec, todo)
+        return len(todo)
+
+    def download_results(self, job_id: str, out_dir: Path) -> list[Path]:
+        """Download the job's exports (coco.json, labelstudio.json, summary.json) into ``out_dir``."""
+        status = self.status(job_id)
+        if status.state != JobState.DONE:
+            raise InvalidInputError(f"job {job_id} is {status.state}, its exports are written when it is done")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name in layout.EXPORT_NAMES:
+            path = out_dir / name
+            path.write_bytes(self.store.get_bytes(layout.export_key(job_id, name)))
+            paths.append(path)
+        return paths

@@ -1,0 +1,92 @@
+"""What a worker process holds for its whole life: settings, clients and the loaded model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autolabel.progress import ProgressStore
+from autolabel.settings import Settings, get_settings
+from autolabel.storage import ObjectStore
+from autolabel_worker.batching import Batcher
+from autolabel_worker.detector import Detector
+from autolabel_worker.models import ModelFiles, resolve_model
+
+log = logging.getLogger(__name__)
+
+WARMUP_FRAME = (720, 1280, 3)
+
+
+@dataclass(frozen=True)
+class WarmupReport:
+    """What the warm-up batch cost; the pool launcher sizes processes per card from it."""
+
+    pid: int
+    device: str
+    model: str
+    model_version: str
+    batch_size: int
+    seconds: float
+    peak_memory_bytes: int
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: ObjectStore
+    progress: ProgressStore
+    model: ModelFiles
+    detector: Detector
+    batcher: Batcher
+    warmup: WarmupReport | None = None
+
+    def warm_up(self) -> WarmupReport:
+        """One full batch at 1280x720, so the first real batch pays no start-up cost and the
+        peak device memory at the configured batch size is known."""
+        images = [np.zeros(WARMUP_FRAME, np.uint8)] * self.settings.batch_size
+        cuda = self.settings.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        self.detector.predict(images, score_threshold=1.0)
+        seconds = time.perf_counter() - started
+        if cuda:
+            peak = int(torch.cuda.max_memory_reserved())
+        else:
+            peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        self.warmup = WarmupReport(os.getpid(), self.settings.device, self.model.name, self.model.version,
+                                   self.settings.batch_size, round(seconds, 3), peak)
+        return self.warmup
+
+
+def write_ready_file(path: Path, report: WarmupReport) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(asdict(report)))
+    partial.rename(path)  # atomic: a probe never reads half a file
+
+
+@cache
+def runtime() -> Runtime:
+    """Built on first use in each worker process, so the model is loaded once per process."""
+    settings = get_settings()
+    model = resolve_model(settings)
+    log.info("loading model %s (%s, checkpoint %s, version %s) on %s",
+             model.name, model.config, model.checkpoint, model.version, settings.device)
+    detector = Detector.load(model.config, model.checkpoint, device=settings.device)
+    return Runtime(
+        settings=settings,
+        store=ObjectStore.from_settings(settings, max_pool=max(10, settings.frame_fetch_threads * 2)),
+        progress=ProgressStore.from_url(settings.broker_url),
+        model=model,
+        detector=detector,
+        batcher=Batcher(detector.predict, settings.batch_size),
+    )
