@@ -31,7 +31,7 @@ from autolabel.contract import FrameRef, Sampling
 from autolabel.devservices import DevStack, free_port, wait_until
 from autolabel.settings import Settings
 from autolabel.synth import generate_video
-from autolabel.video import VideoReader, encode_jpeg
+from autolabel.video import encode_jpeg, iter_sampled_frames
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AUTOLABEL = str(Path(sys.executable).with_name("autolabel"))
@@ -67,7 +67,7 @@ class Bench:
             video = Path(tmp) / "bench.mp4"
             generate_video(video, Path(tmp) / "gt.json", width=1280, height=720, fps=25, seconds=count / 25, seed=99)
             refs, jpegs = [], []
-            for frame in VideoReader(video).frames(Sampling()):
+            for frame in iter_sampled_frames(video, Sampling()):
                 data = encode_jpeg(frame.image)
                 key = f"bench/frames/{frame.index:08d}.jpg"
                 self.client.store.put_bytes(key, data, "image/jpeg")

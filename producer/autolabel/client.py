@@ -21,7 +21,7 @@ from autolabel.jobs import enqueue_frames, start_job
 from autolabel.progress import JobState, JobStatus, ProgressStore
 from autolabel.settings import Settings, get_settings
 from autolabel.storage import ObjectStore, parse_s3_uri
-from autolabel.video import VideoReader, encode_jpeg
+from autolabel.video import encode_jpeg, iter_sampled_frames, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,9 @@ class LabelingClient:
             "target_fps": target_fps, "start_s": start_s, "end_s": end_s, "priority": priority,
             "batch_size": batch_size})
         with tempfile.TemporaryDirectory(prefix="autolabel-") as tmp:
-            reader = VideoReader(self._local_video(str(source), Path(tmp)))
-            frames = self._upload_frames(spec, reader, upload_threads, on_frame)
-            video = reader.info()
+            path = self._local_video(str(source), Path(tmp))
+            video = probe_video(path)
+            frames = self._upload_frames(spec, path, upload_threads, on_frame)
         if not frames:
             raise InvalidInputError(f"sampling {spec.sampling.model_dump(exclude_none=True)} selects no frame "
                                     f"of {source} ({video.duration_s:.1f} s, {video.frame_count} frames)")
@@ -97,7 +97,7 @@ class LabelingClient:
             raise InvalidInputError(f"video {source} does not exist or is not a file")
         return path
 
-    def _upload_frames(self, spec: JobSpec, reader: VideoReader, threads: int,
+    def _upload_frames(self, spec: JobSpec, path: Path, threads: int,
                        on_frame: Callable[[int], None] | None) -> list[FrameRef]:
         """Encode and upload frames on a thread pool; at most 2 x threads frames are held in memory."""
         slots = threading.BoundedSemaphore(2 * threads)
@@ -118,7 +118,7 @@ class LabelingClient:
                 slots.release()
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for frame in reader.frames(spec.sampling):
+            for frame in iter_sampled_frames(path, spec.sampling):
                 frame_id = layout.video_frame_id(frame.index)
                 key = layout.frame_key(spec.job_id, frame_id)
                 refs.append(FrameRef(frame_id=frame_id, key=key, index=frame.index, timestamp=frame.timestamp))
