@@ -62,8 +62,9 @@ def test_a_failing_frame_fails_alone() -> None:
     predict = Recorder(poison=7)
     batcher = Batcher(predict, max_batch=4)
     outcome = batcher.predict([frame(5), frame(7), frame(9)], 0.0)
-    assert isinstance(outcome[1], RuntimeError)
-    assert [d.score for d in outcome[0]] == [0.05] and [d.score for d in outcome[2]] == [0.09]
+    assert isinstance(outcome.results[1], RuntimeError)
+    assert [d.score for d in outcome.results[0]] == [0.05] and [d.score for d in outcome.results[2]] == [0.09]
+    assert outcome.pass_sizes == [1, 0, 1]  # isolated one by one after the batched pass failed
     batcher.close()
 
 

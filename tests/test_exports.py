@@ -61,12 +61,12 @@ def test_summary_counts_classes_failures_and_missing(job) -> None:
     manifest, results = job
     status = JobStatus(job_id="j", state=JobState.FINALIZING, total=3, done=2, failed=0, model="m",
                        source="v.mp4", created_at=100.0, started_at=101.0)
-    summary = build_summary(manifest, results, status, {"batches": 2, "frames_inferred": 2, "infer_seconds": 0.5},
-                            model_version="abc", finished_at=105.0)
+    timings = {"frames_inferred": 2, "frames_per_pass_sum": 6, "device_seconds": 0.5}
+    summary = build_summary(manifest, results, status, timings, model_version="abc", finished_at=105.0)
     assert summary.detections_per_class == {"circle": 1, "square": 1, "triangle": 1}
     assert summary.missing_frames == ["00000001"]
     assert summary.timings.wall_seconds == 4.0
-    assert summary.timings.mean_batch_size == 1.0
+    assert summary.timings.mean_frames_per_pass == 3.0 and summary.timings.device_seconds == 0.5
     status.failures = {"00000001": "FrameError: empty"}
     summary = build_summary(manifest, results, status, {}, model_version="abc", finished_at=105.0)
     assert summary.missing_frames == []

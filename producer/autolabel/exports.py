@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from autolabel.contract import FrameResult, JobManifest
 from autolabel.progress import JobStatus
@@ -90,11 +90,10 @@ class Timings(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime
-    wall_seconds: float
+    wall_seconds: float = Field(description="first batch started to exports written")
     frames_per_second: float
-    infer_seconds: float
-    batches: int
-    mean_batch_size: float
+    device_seconds: float = Field(description="forward-pass time, each pass split over its frames")
+    mean_frames_per_pass: float = Field(description="average size of the forward passes the frames rode in")
 
 
 class Summary(BaseModel):
@@ -193,7 +192,7 @@ def build_summary(
     missing = [f.frame_id for f in manifest.frames if f.frame_id not in labeled and f.frame_id not in failed_ids]
     start = status.started_at or status.created_at
     wall = max(finished_at - start, 1e-6)
-    batches = int(timings.get("batches", 0))
+    inferred = timings.get("frames_inferred", 0.0)
     return Summary(
         job_id=manifest.spec.job_id,
         source=manifest.spec.source,
@@ -212,8 +211,7 @@ def build_summary(
             finished_at=_utc(finished_at),
             wall_seconds=round(wall, 3),
             frames_per_second=round(len(labeled) / wall, 3),
-            infer_seconds=round(timings.get("infer_seconds", 0.0), 3),
-            batches=batches,
-            mean_batch_size=round(timings.get("frames_inferred", 0.0) / batches, 3) if batches else 0.0,
+            device_seconds=round(timings.get("device_seconds", 0.0), 3),
+            mean_frames_per_pass=round(timings.get("frames_per_pass_sum", 0.0) / inferred, 3) if inferred else 0.0,
         ),
     )

@@ -76,7 +76,8 @@ for i = 3 + n_done, #ARGV, 2 do
   end
 end
 if state == 'queued' and #ARGV > 2 then
-  redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1])
+  redis.call('HSET', KEYS[1], 'state', 'running')
+  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
   state = 'running'
 end
 local finished = redis.call('SCARD', KEYS[2]) + redis.call('HLEN', KEYS[3])
@@ -129,18 +130,23 @@ class ProgressStore:
             args += [frame_id, reason[:500]]
         return int(self._record(keys=list(_keys(job_id)), args=args))
 
-    def add_timing(self, job_id: str, *, frames: int, infer_seconds: float) -> None:
+    def mark_started(self, job_id: str) -> None:
+        """The first batch of the job starts work now (later calls change nothing)."""
+        self.redis.hsetnx(_keys(job_id)[0], "started_at", time.time())
+
+    def add_timing(self, job_id: str, *, frames: int, device_seconds: float, frames_per_pass: int) -> None:
+        """``frames_per_pass`` sums, over the frames, the size of the forward pass each rode in."""
         job, _, _ = _keys(job_id)
         with self.redis.pipeline() as pipe:
-            pipe.hincrby(job, "batches", 1)
             pipe.hincrby(job, "frames_inferred", frames)
-            pipe.hincrbyfloat(job, "infer_seconds", infer_seconds)
+            pipe.hincrby(job, "frames_per_pass_sum", frames_per_pass)
+            pipe.hincrbyfloat(job, "device_seconds", device_seconds)
             pipe.execute()
 
     def timings(self, job_id: str) -> dict[str, float]:
         job, _, _ = _keys(job_id)
-        raw = self.redis.hmget(job, ["batches", "frames_inferred", "infer_seconds"])
-        return {name: float(value or 0) for name, value in zip(("batches", "frames_inferred", "infer_seconds"), raw)}
+        names = ("frames_inferred", "frames_per_pass_sum", "device_seconds")
+        return {name: float(value or 0) for name, value in zip(names, self.redis.hmget(job, names))}
 
     def mark_done(self, job_id: str) -> None:
         job, _, _ = _keys(job_id)

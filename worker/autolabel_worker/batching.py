@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ class _Item:
     image: np.ndarray
     threshold: float
     future: Future[list[Detection]] = field(default_factory=Future)
+    # Set before the future resolves: this frame's share of its pass, and the pass's size.
+    device_seconds: float = 0.0
+    pass_size: int = 0
+
+
+@dataclass
+class Outcome:
+    """Per frame its detections or its own exception, and what the frames cost on the device."""
+
+    results: list[list[Detection] | BaseException]
+    device_seconds: float
+    pass_sizes: list[int]
 
 
 @dataclass
@@ -50,20 +63,24 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, images: Sequence[np.ndarray], threshold: float) -> list[Future[list[Detection]]]:
-        """Queue frames; each future holds one frame's detections or that frame's own exception."""
+    def _enqueue(self, images: Sequence[np.ndarray], threshold: float) -> list[_Item]:
         items = [_Item(image, threshold) for image in images]
         for item in items:
             self._queue.put(item)
-        return [item.future for item in items]
+        return items
 
-    def predict(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection] | BaseException]:
-        """Blocking form of ``submit``: per frame, its detections or the exception it raised."""
+    def submit(self, images: Sequence[np.ndarray], threshold: float) -> list[Future[list[Detection]]]:
+        """Queue frames; each future holds one frame's detections or that frame's own exception."""
+        return [item.future for item in self._enqueue(images, threshold)]
+
+    def predict(self, images: Sequence[np.ndarray], threshold: float) -> Outcome:
+        """Blocking form of ``submit``, with the frames' share of device time."""
+        items = self._enqueue(images, threshold)
         results: list[list[Detection] | BaseException] = []
-        for future in self.submit(images, threshold):
-            exc = future.exception()
-            results.append(exc if exc is not None else future.result())
-        return results
+        for item in items:
+            exc = item.future.exception()
+            results.append(exc if exc is not None else item.future.result())
+        return Outcome(results, sum(i.device_seconds for i in items), [i.pass_size for i in items])
 
     def close(self) -> None:
         self._queue.put(None)
@@ -95,6 +112,7 @@ class Batcher:
     def _run_batch(self, batch: list[_Item]) -> None:
         # One pass at the lowest threshold asked for; each frame keeps its own threshold's boxes.
         threshold = min(item.threshold for item in batch)
+        started = time.perf_counter()
         try:
             outputs = self._predict([item.image for item in batch], threshold)
         except Exception as exc:
@@ -106,5 +124,7 @@ class Batcher:
             for item in batch:
                 self._run_batch([item])
             return
+        share = (time.perf_counter() - started) / len(batch)
         for item, detections in zip(batch, outputs):
+            item.device_seconds, item.pass_size = share, len(batch)
             item.future.set_result([d for d in detections if d.score >= item.threshold])

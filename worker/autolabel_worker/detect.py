@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from autolabel import layout
@@ -29,15 +28,16 @@ def process_batch(rt: Runtime, task: DetectTask) -> bool:
     if refusal:
         return rt.progress.record(job_id, done=(), failed={f.frame_id: refusal for f in task.frames}) == 1
 
+    rt.progress.mark_started(job_id)
     frames, failures = load_frames(rt.store, task.frames, max_pixels=rt.settings.max_frame_pixels,
                                    threads=rt.settings.frame_fetch_threads)
     results: list[FrameResult] = []
     if frames:
-        started = time.perf_counter()
-        outputs = rt.batcher.predict([frame.image for frame in frames], options.score_threshold)
-        rt.progress.add_timing(job_id, frames=len(frames), infer_seconds=time.perf_counter() - started)
+        outcome = rt.batcher.predict([frame.image for frame in frames], options.score_threshold)
+        rt.progress.add_timing(job_id, frames=len(frames), device_seconds=outcome.device_seconds,
+                               frames_per_pass=sum(outcome.pass_sizes))
         keep = set(options.classes) if options.classes else None
-        for frame, detections in zip(frames, outputs):
+        for frame, detections in zip(frames, outcome.results):
             if isinstance(detections, BaseException):
                 failures[frame.ref.frame_id] = f"inference failed: {type(detections).__name__}: {detections}"
                 continue
