@@ -1,9 +1,13 @@
-"""Producer-side video reading on real MP4 files: sampling, timestamps, VFR, rotation, errors."""
+"""Producer-side video reading on real files written here with PyAV: sampling, VFR, rotation, errors.
+
+Every frame shows its own number as 8 black/white stripes (most significant bit left) across its
+top half, over a black bottom half, so a test reads back WHICH frame it got and which way up.
+"""
 
 from __future__ import annotations
 
 import io
-import struct
+import logging
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,103 +20,237 @@ from autolabel.contract import Sampling
 from autolabel.errors import InvalidInputError
 from autolabel.video import encode_jpeg, iter_sampled_frames, probe_video
 
-WIDTH, HEIGHT = 64, 48
+WIDTH, HEIGHT = 160, 120
+STRIPE = WIDTH // 8
+CFR_MS = [40 * i for i in range(25)]  # 25 fps for 1 s
+# 1 s at 25 fps, then 1 s at 5 fps: index / fps puts samples of the second second in the wrong place.
+VFR_MS = CFR_MS + [1000 + 200 * i for i in range(5)]
 
 
-def write_video(path: Path, times_ms: list[int], *, marker_left: bool = False) -> Path:
-    """Frame i has grey level 8*i (so a test can tell which frame came back) at the given time."""
+def stored_image(number: int) -> np.ndarray:
+    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    for bit in range(8):
+        if number >> (7 - bit) & 1:
+            image[: HEIGHT // 2, bit * STRIPE:(bit + 1) * STRIPE] = 255
+    return image
+
+
+def frame_number(image: Image.Image) -> int:
+    pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert pixels.shape == (HEIGHT, WIDTH), "frame is not upright"
+    assert pixels[HEIGHT // 2 + 10:].mean() < 30, "bottom half is not black: frame is upside down"
+    bits = [pixels[HEIGHT // 4 - 5:HEIGHT // 4 + 5, b * STRIPE + 5:(b + 1) * STRIPE - 5].mean() > 128 for b in range(8)]
+    return sum(bit << (7 - i) for i, bit in enumerate(bits))
+
+
+def write_video(path: Path, times_ms: list[int], *, codec: str = "libx264", ccw_rotation: int | None = None,
+                rotate_tag: str | None = None) -> Path:
+    """Frame i, showing number i, presented at times_ms[i]."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(25))
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height = WIDTH, HEIGHT
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         stream.codec_context.time_base = Fraction(1, 1000)
-        stream.options = {"crf": "0", "bf": "0"}
-        for i, ms in enumerate(times_ms):
-            image = np.full((HEIGHT, WIDTH, 3), 8 * i, np.uint8)
-            if marker_left:
-                image[:, :8] = 255
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        if codec == "libx264":
+            # B-frames, so packets come in a different order than frames are shown.
+            stream.options = {"preset": "veryfast", "crf": "12", "bf": "2"}
+        if ccw_rotation is not None:
+            stream.set_display_rotation(ccw_rotation)
+        if rotate_tag is not None:
+            stream.metadata["rotate"] = rotate_tag
+        for number, ms in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(stored_image(number), format="rgb24")
             frame.pts, frame.time_base = ms, Fraction(1, 1000)
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
 
 
-def grey(image: Image.Image) -> int:
-    return round(np.asarray(image)[HEIGHT // 2, WIDTH // 2].mean() / 8)
+def sample(path: Path, **rule: float) -> list[tuple[int, float]]:
+    """(index, timestamp) of each kept frame, checking that each image shows its own index."""
+    kept = []
+    for frame in iter_sampled_frames(path, Sampling(**rule)):
+        assert frame_number(frame.image) == frame.index
+        kept.append((frame.index, frame.timestamp))
+    return kept
 
 
-def sample(path: Path, **rule: float) -> list[tuple[int, float, int]]:
-    return [(f.index, f.timestamp, grey(f.image)) for f in iter_sampled_frames(path, Sampling(**rule))]
+def indices(path: Path, **rule: float) -> list[int]:
+    return [index for index, _ in sample(path, **rule)]
 
 
-@pytest.fixture
-def constant(tmp_path: Path) -> Path:
-    return write_video(tmp_path / "cfr.mp4", [40 * i for i in range(25)])  # 25 fps, 1 s
+@pytest.fixture(scope="module")
+def constant(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("cfr") / "cfr.mp4", CFR_MS)
 
 
-def test_every_frame_with_its_timestamp(constant: Path) -> None:
+@pytest.fixture(scope="module")
+def variable(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("vfr") / "vfr.mp4", VFR_MS)
+
+
+def test_constant_rate_every_frame_and_metadata(constant: Path) -> None:
     frames = sample(constant)
-    assert [f[0] for f in frames] == list(range(25))
-    assert [f[2] for f in frames] == list(range(25))
-    assert frames[10][1] == pytest.approx(0.4)
+    assert [index for index, _ in frames] == list(range(25))
+    assert [t for _, t in frames] == pytest.approx([i * 0.04 for i in range(25)])
     info = probe_video(constant)
-    assert (info.width, info.height, info.frame_count, info.variable_frame_rate) == (WIDTH, HEIGHT, 25, False)
-    assert info.fps == pytest.approx(25, rel=0.05) and info.duration_s == pytest.approx(1.0, abs=0.05)
+    assert (info.width, info.height, info.frame_count, info.rotation, info.codec) == (WIDTH, HEIGHT, 25, 0, "h264")
+    assert info.fps == pytest.approx(25) and info.duration_s == pytest.approx(1.0)
+    assert not info.variable_frame_rate
 
 
-def test_every_nth_and_window(constant: Path) -> None:
-    assert [f[0] for f in sample(constant, every_nth=5)] == [0, 5, 10, 15, 20]
-    assert [f[0] for f in sample(constant, start_s=0.2, end_s=0.4)] == [5, 6, 7, 8, 9]  # end is exclusive
+def test_every_nth_counts_indices_over_the_whole_video(constant: Path) -> None:
+    assert indices(constant, every_nth=5) == [0, 5, 10, 15, 20]
+    # The window does not restart the count: index 8 is the first in it, but 10 the first multiple of 5.
+    assert indices(constant, every_nth=5, start_s=0.3) == [10, 15, 20]
 
 
-def test_target_fps_follows_timestamps_on_variable_frame_rate(tmp_path: Path) -> None:
-    # 0-1 s at 25 fps, then 1-2 s at 5 fps: index / fps would put every sample in the wrong place.
-    times = [40 * i for i in range(25)] + [1000 + 200 * i for i in range(5)]
-    path = write_video(tmp_path / "vfr.mp4", times)
-    frames = sample(path, target_fps=5)
-    assert [f[0] for f in frames] == [0, 5, 10, 15, 20, 25, 26, 27, 28, 29]
-    assert [f[1] for f in frames] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8])
-    assert probe_video(path).variable_frame_rate
+def test_target_fps_keeps_the_first_frame_at_or_after_each_instant(constant: Path) -> None:
+    frames = sample(constant, target_fps=10)
+    assert [index for index, _ in frames] == [0, 3, 5, 8, 10, 13, 15, 18, 20, 23]
+    assert [t for _, t in frames] == pytest.approx([0, 0.12, 0.2, 0.32, 0.4, 0.52, 0.6, 0.72, 0.8, 0.92])
+    # Faster than the video: every frame once, none repeated.
+    assert indices(constant, target_fps=100) == list(range(25))
 
 
-def test_target_fps_above_the_video_rate_never_repeats_a_frame(constant: Path) -> None:
-    indices = [f[0] for f in sample(constant, target_fps=100)]
-    assert indices == list(range(25))
+def test_window_is_half_open(constant: Path) -> None:
+    assert indices(constant, start_s=0.2, end_s=0.4) == [5, 6, 7, 8, 9]
+    assert indices(constant, target_fps=5, start_s=0.5) == [13, 18, 23]
 
 
-def _rotate_in_container(path: Path) -> None:
-    """Write a 90-degree display matrix into the MP4 track header, as phones do."""
-    data = bytearray(path.read_bytes())
-    tkhd = data.index(b"tkhd")
-    matrix = tkhd + 4 + 40  # version/flags, times, track id, duration, layer, volume come first
-    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
-    path.write_bytes(bytes(data))
+def test_target_fps_follows_timestamps_on_variable_frame_rate(variable: Path) -> None:
+    frames = sample(variable, target_fps=5)
+    assert [index for index, _ in frames] == [0, 5, 10, 15, 20, 25, 26, 27, 28, 29]
+    assert [t for _, t in frames] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8])
+    # In the 5 fps second every frame covers two 10 fps instants: kept once, not twice.
+    assert indices(variable, target_fps=10)[-6:] == [23, 25, 26, 27, 28, 29]
 
 
-def test_rotated_video_comes_back_upright(tmp_path: Path) -> None:
-    path = write_video(tmp_path / "rotated.mp4", [40 * i for i in range(3)], marker_left=True)
-    _rotate_in_container(path)
-    frames = list(iter_sampled_frames(path, Sampling()))
+def test_variable_frame_rate_metadata(variable: Path) -> None:
+    info = probe_video(variable)
+    assert info.variable_frame_rate
+    assert info.frame_count == 30
+    assert 1.8 < info.duration_s <= 2.0
+    assert info.fps == pytest.approx(30 / info.duration_s)
+
+
+@pytest.mark.parametrize(("times_ms", "variable"), [
+    # 29.97 fps in milliseconds alternates 33 and 34 ms steps: rounding, not a variable rate.
+    ([round(i * 1001 / 30) for i in range(12)], False),
+    # One frame shown 60 ms instead of 40: a variable rate.
+    ([0, 40, 80, 140, 180, 220, 260], True),
+])
+def test_variable_frame_rate_tolerates_rounding_only(tmp_path: Path, times_ms: list[int], variable: bool) -> None:
+    path = write_video(tmp_path / "clip.mkv", times_ms)  # Matroska keeps millisecond timestamps as written
+    assert probe_video(path).variable_frame_rate is variable
+
+
+def test_frame_count_comes_from_the_stream_not_the_header(tmp_path: Path) -> None:
+    # Matroska has no frame count in its header.
+    path = write_video(tmp_path / "clip.mkv", CFR_MS[:7])
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 0
+    assert probe_video(path).frame_count == 7
+
+
+@pytest.mark.parametrize("ccw", [90, 180, 270])
+def test_display_matrix_rotation_comes_back_upright(tmp_path: Path, ccw: int) -> None:
+    path = write_video(tmp_path / f"rot{ccw}.mp4", CFR_MS[:3], ccw_rotation=ccw)
     info = probe_video(path)
-    assert info.rotation in (90, -90, 270)
-    assert (info.width, info.height) == (HEIGHT, WIDTH)
-    image = np.asarray(frames[0].image)
-    assert image.shape[:2] == (WIDTH, HEIGHT)
-    # The white band on the stored frame's left edge ends up along the top or bottom edge.
-    rows = image.mean(axis=(1, 2))
-    assert max(rows[:8].mean(), rows[-8:].mean()) > 200 and rows[WIDTH // 2] < 100
+    assert info.rotation == (-ccw) % 360  # reported clockwise, as the `rotate` tag does
+    quarter_turn = ccw in (90, 270)
+    assert (info.width, info.height) == ((HEIGHT, WIDTH) if quarter_turn else (WIDTH, HEIGHT))
+    frames = list(iter_sampled_frames(path, Sampling()))
+    assert [f.image.size for f in frames] == [(info.width, info.height)] * 3
+    shown = np.asarray(frames[1].image, dtype=np.float32)
+    expected = np.rot90(stored_image(1), k=ccw // 90).astype(np.float32)  # what a player shows
+    assert np.abs(shown - expected).mean() < 8
+    if not quarter_turn:
+        return
+    wrong_way = np.rot90(stored_image(1), k=ccw // 90 + 2).astype(np.float32)
+    assert np.abs(shown - wrong_way).mean() > 20
 
 
-def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match="does not exist"):
+def test_legacy_rotate_tag_is_clockwise(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "tagged.mkv", CFR_MS[:2], rotate_tag="90")
+    info = probe_video(path)
+    assert (info.rotation, info.width, info.height) == (90, HEIGHT, WIDTH)
+    first = next(iter_sampled_frames(path, Sampling()))
+    expected = np.rot90(stored_image(0), k=-1).astype(np.float32)
+    assert np.abs(np.asarray(first.image, dtype=np.float32) - expected).mean() < 8
+
+
+def test_a_corrupt_packet_skips_one_frame_not_the_video(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = write_video(tmp_path / "good.mkv", CFR_MS[:6], codec="mjpeg")
+    damaged = tmp_path / "damaged.mkv"
+    with av.open(str(good)) as source, av.open(str(damaged), "w") as target:
+        stream = source.streams.video[0]
+        out = target.add_stream_from_template(stream)
+        for number, packet in enumerate(p for p in source.demux(stream) if p.size):
+            if number == 3:
+                garbage = av.Packet(b"\x00not a jpeg" * 20)
+                garbage.pts, garbage.dts, garbage.time_base = packet.pts, packet.dts, packet.time_base
+                packet = garbage
+            packet.stream = out
+            target.mux(packet)
+    with caplog.at_level(logging.WARNING, logger="autolabel.video"):
+        frames = list(iter_sampled_frames(damaged, Sampling()))
+    # Frame 3 is gone; the decode index counts the frames that did decode.
+    assert [frame_number(f.image) for f in frames] == [0, 1, 2, 4, 5]
+    assert [f.index for f in frames] == [0, 1, 2, 3, 4]
+    assert [f.timestamp for f in frames] == pytest.approx([0, 0.04, 0.08, 0.16, 0.2])
+    assert "damaged.mkv" in caplog.text and "skipping" in caplog.text
+    # probe_video counts packets, documented as differing from the decodable count just here.
+    assert probe_video(damaged).frame_count == 6
+
+
+def test_stream_without_timestamps_is_timed_at_its_nominal_rate(tmp_path: Path) -> None:
+    path = tmp_path / "raw.h264"  # an elementary stream: frames without pts
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for number in range(4):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(stored_image(number), format="rgb24")))
+        container.mux(stream.encode())
+    assert sample(path) == [(0, 0.0), (1, 0.04), (2, 0.08), (3, 0.12)]
+    info = probe_video(path)
+    assert (info.frame_count, info.duration_s, info.variable_frame_rate) == (4, pytest.approx(0.16), False)
+
+
+def test_missing_and_non_video_files_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match=r"missing\.mp4 does not exist"):
         probe_video(tmp_path / "missing.mp4")
-    text = tmp_path / "notes.mp4"
-    text.write_text("not a video")
-    with pytest.raises(InvalidInputError, match="notes.mp4"):
-        probe_video(text)
+    with pytest.raises(InvalidInputError, match=r"missing\.mp4 does not exist"):
+        next(iter_sampled_frames(tmp_path / "missing.mp4", Sampling()))
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(InvalidInputError, match=r"noise\.mp4 cannot be read as a video"):
+        probe_video(noise)
+    # FFmpeg would open this as an ANSI-art "video".
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video\n" * 50)
+    with pytest.raises(InvalidInputError, match=r"notes\.txt is a text file"):
+        next(iter_sampled_frames(notes, Sampling()))
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path: Path) -> None:
+    path = tmp_path / "sound.wav"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        samples.sample_rate = 8000
+        container.mux(stream.encode(samples))
+        container.mux(stream.encode())
+    with pytest.raises(InvalidInputError, match=r"sound\.wav has no video stream \(its streams: audio\)"):
+        probe_video(path)
 
 
 def test_encode_jpeg_round_trips_the_size() -> None:
     data = encode_jpeg(Image.new("RGB", (321, 123), (10, 200, 30)))
-    assert data[:2] == b"\xff\xd8"
-    assert Image.open(io.BytesIO(data)).size == (321, 123)
+    decoded = Image.open(io.BytesIO(data))
+    assert (decoded.format, decoded.size) == ("JPEG", (321, 123))
+    assert np.abs(np.asarray(decoded, dtype=np.int16) - (10, 200, 30)).max() <= 4
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    assert len(encode_jpeg(noise, quality=50)) < len(encode_jpeg(noise))
+    with pytest.raises(ValueError, match="quality"):
+        encode_jpeg(Image.new("RGB", (8, 8)), quality=0)

@@ -1,66 +1,95 @@
-"""``autolabel preview``: frames with their boxes and class names drawn, as PNG files."""
+"""``autolabel preview``: a job's frames with their detections drawn, as PNG files to look at."""
 
 from __future__ import annotations
 
+import colorsys
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from autolabel import layout
-from autolabel.contract import FrameResult, JobManifest
-from autolabel.errors import ObjectNotFoundError
+from autolabel.contract import FrameRef, FrameResult, JobManifest
+from autolabel.errors import InvalidInputError, ObjectNotFoundError
 from autolabel.storage import ObjectStore
 
-# Distinct, saturated colours; class i gets COLOURS[i % len(COLOURS)].
-COLOURS = ((255, 56, 56), (72, 249, 10), (0, 194, 255), (255, 178, 29), (207, 210, 49), (146, 204, 23),
-           (61, 219, 134), (26, 147, 52), (0, 212, 187), (44, 153, 168), (52, 69, 147), (100, 115, 255),
-           (132, 56, 255), (203, 56, 255), (255, 149, 200), (255, 55, 199))
+log = logging.getLogger(__name__)
+
+# Hues a golden-ratio step apart: neighbouring class ids get far-apart colours, for any number of classes.
+_GOLDEN_RATIO = 0.618033988749895
 
 
 def class_colour(class_id: int) -> tuple[int, int, int]:
-    return COLOURS[class_id % len(COLOURS)]
+    """The RGB colour of a class, the same in every frame and every run."""
+    red, green, blue = colorsys.hsv_to_rgb((class_id * _GOLDEN_RATIO) % 1.0, 0.85, 0.95)
+    return round(red * 255), round(green * 255), round(blue * 255)
 
 
 def draw_detections(image: Image.Image, result: FrameResult) -> Image.Image:
-    """A copy of ``image`` with each box outlined in its class colour and labelled on a filled tag."""
+    """An RGB copy of ``image`` with each box in its class colour, labelled "class score" on a tag of that colour."""
     canvas = image.convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    width = max(2, round(min(canvas.size) / 300))
-    for det in result.detections:
-        colour = class_colour(det.class_id)
-        x1, y1, x2, y2 = det.box
-        draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
-        label = f"{det.class_name} {det.score:.2f}"
+    short_side = min(canvas.size)
+    line = max(2, round(short_side / 300))
+    font = ImageFont.load_default(size=max(12, round(short_side / 40)))
+    for detection in result.detections:
+        colour = class_colour(detection.class_id)
+        x1, y1, x2, y2 = detection.box
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
+        label = f"{detection.class_name} {detection.score:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-        tag_y = y1 - (bottom - top) - 4 if y1 >= (bottom - top) + 4 else y2
-        draw.rectangle((x1, tag_y, x1 + (right - left) + 4, tag_y + (bottom - top) + 4), fill=colour)
-        # Black or white text, whichever reads better on the class colour.
-        text = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
-        draw.text((x1 + 2, tag_y + 2 - top), label, fill=text, font=font)
+        tag_w, tag_h = right - left + 2 * line, bottom - top + 2 * line
+        # Above the box where there is room, else inside its top edge; never off the right side.
+        tag_x = max(0.0, min(x1, canvas.width - tag_w))
+        tag_y = y1 - tag_h if y1 >= tag_h else y1
+        draw.rectangle((tag_x, tag_y, tag_x + tag_w, tag_y + tag_h), fill=colour)
+        # The text sits on the tag, never on the frame, so it reads on any background.
+        draw.text((tag_x + line - left, tag_y + line - top), label, fill=_text_colour(colour), font=font)
     return canvas
 
 
 def render_preview(store: ObjectStore, job_id: str, out_dir: Path, *, limit: int | None = None,
                    frame_ids: Sequence[str] | None = None) -> list[Path]:
-    """Write ``out_dir/FRAME_ID.png`` for each labeled frame (up to ``limit``); unlabeled frames are skipped."""
+    """Write ``out_dir/FRAME_ID.png`` for the job's labeled frames, in manifest order, at most ``limit``.
+
+    ``frame_ids`` picks frames; an id the job does not have is refused. Frames whose result is not
+    written yet are skipped, and how many is logged. Returns the written paths.
+    """
     manifest = JobManifest.model_validate(store.get_json(layout.manifest_key(job_id)))
-    wanted = set(frame_ids) if frame_ids is not None else None
+    frames = _chosen_frames(manifest, frame_ids)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for frame in manifest.frames:
+    unlabeled = 0
+    for frame in frames:
         if limit is not None and len(written) >= limit:
             break
-        if wanted is not None and frame.frame_id not in wanted:
-            continue
         try:
             result = FrameResult.model_validate(store.get_json(layout.detection_key(job_id, frame.frame_id)))
         except ObjectNotFoundError:
+            unlabeled += 1
             continue
-        image = Image.open(io.BytesIO(store.get_bytes(frame.key)))
-        path = out_dir / f"{frame.frame_id}.png"
-        draw_detections(image, result).save(path)
+        with Image.open(io.BytesIO(store.get_bytes(frame.key))) as image:
+            path = out_dir / f"{frame.frame_id}.png"
+            draw_detections(image, result).save(path)
         written.append(path)
+    if unlabeled:
+        log.warning("job %s: skipped %d frames that have no detections yet", job_id, unlabeled)
     return written
+
+
+def _chosen_frames(manifest: JobManifest, frame_ids: Sequence[str] | None) -> list[FrameRef]:
+    if frame_ids is None:
+        return list(manifest.frames)
+    wanted = set(frame_ids)
+    unknown = wanted - {frame.frame_id for frame in manifest.frames}
+    if unknown:
+        raise InvalidInputError(f"job {manifest.spec.job_id} has no frames {', '.join(sorted(unknown))}")
+    return [frame for frame in manifest.frames if frame.frame_id in wanted]
+
+
+def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever contrasts more with the background (ITU-R BT.601 luma)."""
+    red, green, blue = background
+    return (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue > 140 else (255, 255, 255)

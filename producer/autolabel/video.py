@@ -14,6 +14,7 @@ the convention of the ``rotate`` tag, where a portrait phone video says 90.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 from array import array
@@ -61,34 +62,25 @@ class SampledFrame:
 
 
 def probe_video(path: Path) -> VideoInfo:
-    """Read a video's metadata without decoding it all.
+    """A video's metadata, reading its packets but decoding only the first frame.
 
-    ``frame_count`` counts the stream's packets (every video packet holds one frame), not the
+    ``frame_count`` counts the stream's packets (a video packet holds one frame), not the
     container header's count, which Matroska/WebM leave out and some muxers get wrong. Counting
-    packets only reads the file; decoding every frame twice (here and when sampling) would double
-    the producer's work. The two differ only for a damaged packet, which sampling logs and skips.
-    The frame rate and variable_frame_rate come from the packets' timestamps too.
+    packets only reads the file, where counting decoded frames would decode the video twice (here
+    and when sampling); the two differ only by damaged packets, which sampling logs and skips.
     """
     first = _first_frame(path)
     with _open_video(path) as (container, stream):
-        codec = stream.codec_context.name
-        times = array("q")
-        count = 0
-        last_pts, last_duration = None, 0
+        timeline = _Timeline(stream, path)
         for packet in _demux(container, stream, path):
-            count += 1
-            if packet.pts is None:
-                continue
-            times.append(packet.pts)
-            if last_pts is None or packet.pts >= last_pts:
-                last_pts, last_duration = packet.pts, packet.duration or 0
-        duration_s, variable = _timing(np.array(times, dtype=np.int64), last_duration, stream, count, path)
-    rotation = _display_rotation(first, _tag_rotation(stream))
-    image_width, image_height = first.width, first.height
-    width, height = (image_height, image_width) if rotation in (90, 270) else (image_width, image_height)
-    return VideoInfo(width=width, height=height, fps=count / duration_s if duration_s > 0 else 0.0,
-                     frame_count=count, duration_s=duration_s, rotation=rotation, codec=codec,
-                     variable_frame_rate=variable)
+            timeline.add(packet.pts, packet.duration)
+        rotation = _display_rotation(first, _tag_rotation(stream))
+        codec = stream.codec_context.name
+    swap = rotation in (90, 270)
+    duration_s, variable = timeline.summary()
+    return VideoInfo(width=first.height if swap else first.width, height=first.width if swap else first.height,
+                     fps=timeline.count / duration_s if duration_s > 0 else 0.0, frame_count=timeline.count,
+                     duration_s=duration_s, rotation=rotation, codec=codec, variable_frame_rate=variable)
 
 
 def iter_sampled_frames(path: Path, sampling: Sampling) -> Iterator[SampledFrame]:
@@ -96,8 +88,9 @@ def iter_sampled_frames(path: Path, sampling: Sampling) -> Iterator[SampledFrame
 
     ``every_nth`` keeps decode indices divisible by N; ``target_fps`` keeps the first frame at or
     after each instant start_s + k / target_fps and then moves to the next instant after that
-    frame, so it never yields a frame twice and yields every frame of a slower video. Only frames
-    with start_s <= timestamp < end_s are considered; decoding stops at end_s.
+    frame, so it never yields a frame twice and yields every frame of a slower video. The window
+    is start_s <= timestamp < end_s, half-open so consecutive windows of one video never share a
+    frame; decoding stops at end_s.
     """
     keep = _Sampler(sampling)
     with _open_video(path) as (container, stream):
@@ -142,7 +135,7 @@ def _open_video(path: Path) -> Iterator[tuple[InputContainer, VideoStream]]:
         if stream.codec_context is None:
             raise InvalidInputError(f"video {path}: this FFmpeg build has no decoder for its video codec")
         # Frame threads as well as slice threads: decoding is the producer's main cost.
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_type = "AUTO"
         yield container, stream
 
 
@@ -165,14 +158,15 @@ def _demux(container: InputContainer, stream: VideoStream, path: Path) -> Iterat
 
 def _decoded_frames(container: InputContainer, stream: VideoStream, path: Path) -> Iterator[av.VideoFrame]:
     """Every decodable frame in presentation order; a packet the decoder refuses is logged and skipped."""
-    for packet in _demux(container, stream, path):
+    packets: Iterator[av.Packet | None] = itertools.chain(_demux(container, stream, path), [None])
+    for packet in packets:  # None at the end drains the frames the decoder still holds
         try:
             frames = stream.decode(packet)
         except av.error.InvalidDataError as exc:
-            log.warning("video %s: skipping an undecodable frame at pts %s: %s", path, packet.pts, exc)
+            log.warning("video %s: skipping an undecodable frame at pts %s: %s",
+                        path, packet.pts if packet else None, exc)
             continue
         yield from frames
-    yield from stream.decode(None)
 
 
 def _first_frame(path: Path) -> av.VideoFrame:
@@ -183,28 +177,48 @@ def _first_frame(path: Path) -> av.VideoFrame:
     return frame
 
 
-def _timing(times: np.ndarray, last_duration: int, stream: VideoStream, count: int,
-            path: Path) -> tuple[float, bool]:
-    """(duration in seconds, whether frame durations vary) from the packets' pts."""
-    if times.size == 0:
-        # Raw elementary streams (.h264) carry no timestamps: they play at their nominal rate.
-        return count / float(_nominal_rate(stream, path)), False
-    times.sort()
-    steps = np.diff(times)
-    step = int(np.median(steps)) if steps.size else last_duration
-    # Timestamps are whole ticks of the time base, so 29.97 fps in milliseconds alternates
-    # 33 and 34: a tick (or 1 %) of jitter is rounding, not a variable rate.
-    tolerance = max(1, step // 100)
-    variable = bool(steps.size and np.abs(steps - step).max() > tolerance)
-    end = int(times[-1]) + (last_duration or step)
-    return float((end - int(times[0])) * stream.time_base), variable
-
-
 def _nominal_rate(stream: VideoStream, path: Path) -> Fraction:
     rate = stream.average_rate or stream.guessed_rate
     if not rate:
         raise InvalidInputError(f"video {path} has neither frame timestamps nor a frame rate")
     return rate
+
+
+class _Timeline:
+    """The presentation times of a stream's packets, in ticks of its time base."""
+
+    def __init__(self, stream: VideoStream, path: Path) -> None:
+        self.stream = stream
+        self.path = path
+        self.count = 0
+        self.times = array("q")  # 8 bytes a frame: a two-hour 60 fps video needs 3.5 MB
+        self.last_pts: int | None = None
+        self.last_duration = 0
+
+    def add(self, pts: int | None, duration: int | None) -> None:
+        self.count += 1
+        if pts is None:
+            return
+        self.times.append(pts)
+        if self.last_pts is None or pts >= self.last_pts:
+            self.last_pts, self.last_duration = pts, duration or 0
+
+    def summary(self) -> tuple[float, bool]:
+        """(duration in seconds, whether frame durations vary)."""
+        if not self.times:
+            # Raw elementary streams (.h264) carry no timestamps: they play at their nominal rate.
+            return self.count / float(_nominal_rate(self.stream, self.path)), False
+        # Packets come in decode order; B-frames make that differ from presentation order.
+        times = np.sort(np.frombuffer(self.times, dtype=np.int64))
+        steps = np.diff(times)
+        step = int(np.median(steps)) if steps.size else self.last_duration
+        # Timestamps are whole ticks of the time base, so 29.97 fps in milliseconds alternates
+        # 33 and 34: a tick (or 1 %) of jitter is rounding, not a variable rate.
+        tolerance = max(1, step // 100)
+        variable = bool(steps.size) and int(np.abs(steps - step).max()) > tolerance
+        # Matroska gives every packet the nominal duration, so the last frame's is only a guess.
+        end = int(times[-1]) + (self.last_duration or step)
+        return float((end - int(times[0])) * self.stream.time_base), variable
 
 
 class _Clock:
