@@ -2,7 +2,9 @@
 
 Circles, squares and triangles of several colours and sizes (down to 12 px) move across a
 textured, slowly panning and brightening background; they enter and leave the frame and
-partly overlap. Everything is drawn from one seed, so the same call gives the same video.
+partly overlap. Everything is drawn from one seed, so the same call draws the same frames and
+writes the same ground truth. (The libx264 bundled with PyAV is not bit-reproducible, so two
+encodings of those frames may differ by compression noise, never by content.)
 
 Ground truth is COCO JSON. Boxes are the extent of each object's *visible* pixels (what a
 detector can see), category ids are class ids + 1, and image ``frame_index`` ties a box to
@@ -159,12 +161,19 @@ class _Scene:
         label_map = np.asarray(labels)
         annotations = []
         for z, shape in enumerate(self.shapes, start=1):
-            ys, xs = np.nonzero(label_map == z)
+            # Only the shape's own bounding square can hold its pixels; scanning just that is
+            # what keeps rendering fast enough to draw training data on the fly.
+            half = shape.size / 2 + 2
+            x0, y0 = max(0, math.floor(shape.x - half)), max(0, math.floor(shape.y - half))
+            x1, y1 = min(self.width, math.ceil(shape.x + half)), min(self.height, math.ceil(shape.y + half))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            ys, xs = np.nonzero(label_map[y0:y1, x0:x1] == z)
             if len(xs) == 0:
                 continue
             visible = len(xs)
             ignore = visible < MIN_VISIBLE_PIXELS or visible < MIN_VISIBLE_FRACTION * shape.area()
-            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            box = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
             annotations.append(Annotation(shape.track_id, shape.class_id, box, visible, ignore))
         return SynthFrame(index, np.asarray(image), tuple(annotations))
 

@@ -16,27 +16,34 @@ from autolabel_worker.detector import Detector
 from autolabel_worker.models import REPO_CONFIGS_DIR, WEIGHTS_DIR
 from autolabel_worker.scoring import ScoredBox, map_scores
 
+# Low enough that the precision-recall curve is complete; the job's own threshold is separate.
+EVAL_SCORE_THRESHOLD = 0.01
+
 
 def decode_bgr(video: Path) -> list[np.ndarray]:
+    """Every frame of a video as BGR arrays, decoded the way the worker decodes them (PyAV)."""
     with av.open(str(video)) as container:
         return [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
 
 
-def evaluate_video(detector: Detector, workdir: Path, *, seed: int, width: int = 1280, height: int = 720,
-                   seconds: float = 6.0, fps: int = 10, batch_size: int = 4) -> dict[str, float]:
-    """mAP@[.5:.95] and mAP@0.5 of batched predictions on a freshly generated video, decoded from MP4."""
-    video, gt_path = workdir / f"heldout-{seed}.mp4", workdir / f"heldout-{seed}.json"
-    generate_video(video, gt_path, width=width, height=height, fps=fps, seconds=seconds, seed=seed)
-    frames = decode_bgr(video)
+def evaluate_video(detector: Detector, mp4: Path, coco_gt_json: Path, batch_size: int = 4) -> dict[str, float]:
+    """COCO mAP@[.5:.95] and mAP@0.5 (pycocotools) of batched predictions on a decoded video.
+
+    Ground-truth images are matched by ``frame_index`` to the decoding order, categories by name.
+    """
+    frames = decode_bgr(mp4)
     boxes: list[ScoredBox] = []
     for start in range(0, len(frames), batch_size):
-        for index, detections in enumerate(detector.predict(frames[start:start + batch_size], 0.05), start=start):
+        batch = frames[start:start + batch_size]
+        for index, detections in enumerate(detector.predict(batch, EVAL_SCORE_THRESHOLD), start=start):
             boxes += [ScoredBox(index, d.class_name, d.xywh(), d.score) for d in detections]
-    scores = map_scores(json.loads(gt_path.read_text()), boxes)
+    scores = map_scores(json.loads(coco_gt_json.read_text()), boxes)
     return {"map": round(scores.map, 4), "map50": round(scores.map50, 4), "frames": len(frames)}
 
 
-def frames_per_second(detector: Detector, batch_size: int, repeats: int = 3, size: tuple[int, int] = (1280, 720)) -> float:
+def frames_per_second(detector: Detector, batch_size: int, repeats: int = 3,
+                      size: tuple[int, int] = (1280, 720)) -> float:
+    """Throughput of ``predict`` on batches of ``size`` frames, after one warm-up batch."""
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8) for _ in range(batch_size)]
     detector.predict(images)
@@ -46,15 +53,17 @@ def frames_per_second(detector: Detector, batch_size: int, repeats: int = 3, siz
     return batch_size * repeats / (time.perf_counter() - started)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="shapes-rtmdet-tiny")
-    parser.add_argument("--seed", type=int, default=424242)
-    parser.add_argument("--seconds", type=float, default=6.0)
-    args = parser.parse_args()
+    parser.add_argument("--model", default="shapes-rtmdet-tiny", help="config name in configs/ with weights in weights/")
+    parser.add_argument("--seed", type=int, default=424242, help="seed of the held-out video")
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of the held-out 10 fps video")
+    args = parser.parse_args(argv)
     detector = Detector.load(REPO_CONFIGS_DIR / f"{args.model}.py", WEIGHTS_DIR / f"{args.model}.pth")
     with tempfile.TemporaryDirectory() as tmp:
-        scores = evaluate_video(detector, Path(tmp), seed=args.seed, seconds=args.seconds)
+        video, truth = Path(tmp) / "heldout.mp4", Path(tmp) / "heldout.json"
+        generate_video(video, truth, width=1280, height=720, fps=10, seconds=args.seconds, seed=args.seed)
+        scores = evaluate_video(detector, video, truth)
     print(f"held-out seed {args.seed}, {scores['frames']} frames at 1280x720: "
           f"mAP@[.5:.95] {scores['map']:.3f}  mAP@0.5 {scores['map50']:.3f}")
     for batch_size in (1, 4):

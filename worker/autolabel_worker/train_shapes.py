@@ -2,8 +2,9 @@
 
 Training data is drawn on the fly by ``autolabel.synth`` (seeds 1000 and up; held-out videos
 use other seeds), as crops of full-resolution frames, so objects keep the pixel sizes they have
-at inference. Everything is seeded: the same command gives the same checkpoint on the same
-machine and library versions.
+at inference (the detector is convolutional, so a crop teaches it what a whole frame would,
+at a fraction of the cost). Everything is seeded: the same command gives the same checkpoint
+on the same machine and library versions, unless ``--minutes`` cuts the schedule short.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,10 +28,11 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
 
-from autolabel.synth import SHAPE_CLASSES, SynthFrame, render_frames
+from autolabel.synth import SHAPE_CLASSES, SynthFrame, generate_video, render_frames
 from autolabel_worker.evaluate import evaluate_video
 from autolabel_worker.models import REPO_CONFIGS_DIR, WEIGHTS_DIR
 
@@ -37,9 +40,15 @@ NAME = "shapes-rtmdet-tiny"
 FRAME_SIZE = (1280, 720)
 HELD_OUT_SEED = 424242
 MIN_KEPT_FRACTION = 0.4
+Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # BGR crop, boxes (x1, y1, x2, y2), labels
 
 
-def crops(frame: SynthFrame, size: int, count: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def data_seed(seed: int) -> int:
+    """First synthetic-video seed of a training run; videos use this seed + 1, + 2, ..."""
+    return seed * 1000 + 1000
+
+
+def crops(frame: SynthFrame, size: int, count: int, rng: np.random.Generator) -> list[Sample]:
     """Random crops with the boxes that stay mostly inside; an object cut to a sliver is dropped."""
     height, width = frame.image.shape[:2]
     out = []
@@ -68,7 +77,7 @@ class FrameSource:
         self.streams = [self._stream() for _ in range(videos)]
         self.turn = 0
 
-    def _stream(self):
+    def _stream(self) -> Iterator[SynthFrame]:
         self.next_video += 1
         frames = render_frames(*FRAME_SIZE, count=300, seed=self.seed + self.next_video)
         return (frame for i, frame in enumerate(frames) if i % self.stride == 0)
@@ -82,7 +91,7 @@ class FrameSource:
             return next(self.streams[self.turn])
 
 
-def batch(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, list]:
+def batch(samples: list[Sample]) -> dict[str, list]:
     inputs, data_samples = [], []
     for image, boxes, labels in samples:
         height, width = image.shape[:2]
@@ -101,10 +110,11 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(config: Path, steps: int, batch_size: int, crop: int, lr: float, seed: int) -> torch.nn.Module:
+def train(config: Path, steps: int, batch_size: int, crop: int, lr: float, seed: int,
+          minutes: float | None = None) -> torch.nn.Module:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    logging.getLogger("mmengine").setLevel(logging.WARNING)  # init_weights logs every parameter
+    MMLogger.get_current_instance().setLevel(logging.WARNING)  # init_weights logs every parameter
     register_all_modules(init_default_scope=False)
     cfg = Config.fromfile(str(config))
     init_default_scope("mmdet")
@@ -112,11 +122,12 @@ def train(config: Path, steps: int, batch_size: int, crop: int, lr: float, seed:
     model.init_weights()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    source = FrameSource(seed * 1000 + 1000)
+    source = FrameSource(data_seed(seed))
     crops_per_frame = 4
     started = time.monotonic()
-    for step in range(steps):
-        samples = []
+    step = 0
+    while step < steps:
+        samples: list[Sample] = []
         while len(samples) < batch_size:
             samples += crops(source.next(), crop, crops_per_frame, rng)
         data = model.data_preprocessor(batch(samples[:batch_size]), training=True)
@@ -128,11 +139,16 @@ def train(config: Path, steps: int, batch_size: int, crop: int, lr: float, seed:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
-        if step % 50 == 0 or step == steps - 1:
-            elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started
+        if minutes:
+            # A time budget moves the schedule along by the clock as well: on a slow machine
+            # training ends on time and still with its learning rate decayed.
+            step = max(step, int(steps * elapsed / (60 * minutes)))
+        if step % 50 == 0 or step >= steps - 1:
             print(f"step {step}/{steps} loss {float(loss):.3f} "
                   + " ".join(f"{k} {float(v):.3f}" for k, v in log_vars.items() if k != "loss")
-                  + f" ({elapsed / (step + 1):.2f} s/step, {elapsed / 60:.1f} min)", flush=True)
+                  + f" ({elapsed / 60:.1f} min)", flush=True)
+        step += 1
     return model.eval()
 
 
@@ -149,16 +165,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=REPO_CONFIGS_DIR / f"{NAME}.py")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="time budget: the schedule also advances by the clock and ends after this long")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=384)
+    parser.add_argument("--crop", type=int, default=384, help="side of the square training crops, in pixels")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--eval-seconds", type=float, default=6.0, help="length of the held-out 10 fps video")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
-    model = train(args.config, args.steps, args.batch_size, args.crop, args.lr, args.seed)
+    model = train(args.config, args.steps, args.batch_size, args.crop, args.lr, args.seed, args.minutes)
     minutes = (time.monotonic() - started) / 60
     name = args.config.stem
     args.out.mkdir(parents=True, exist_ok=True)
@@ -171,15 +190,21 @@ def main(argv: list[str] | None = None) -> None:
 
     detector = Detector.load(args.config, checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
-        scores = evaluate_video(detector, Path(tmp), seed=HELD_OUT_SEED)
+        video, truth = Path(tmp) / "heldout.mp4", Path(tmp) / "heldout.json"
+        generate_video(video, truth, width=FRAME_SIZE[0], height=FRAME_SIZE[1], fps=10,
+                       seconds=args.eval_seconds, seed=HELD_OUT_SEED)
+        scores = evaluate_video(detector, video, truth)
     meta = {
         "name": name,
+        "model": "RTMDet (mmdet core): CSPNeXt widen 0.25 / deepen 0.167, 64-channel PAFPN and head, from scratch",
         "command": "python -m autolabel_worker.train_shapes " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "data_seed": args.seed * 1000 + 1000,
+        "seed": args.seed,
+        "data_seed": data_seed(args.seed),
         "held_out_seed": HELD_OUT_SEED,
         "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
         "training_minutes": round(minutes, 1),
         "classes": list(SHAPE_CLASSES),
+        "class_ids": "model labels are 0-based indexes into classes; COCO ground truth category_id = label + 1",
         "code_revision": git_revision(),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "accuracy": scores,
