@@ -117,10 +117,12 @@ class Detector:
     def _detections(self, instances: Any, shape: tuple[int, ...], threshold: float) -> list[Detection]:
         height, width = shape[:2]
         scores = instances.scores.float().cpu().numpy()
-        keep = scores >= threshold
-        boxes = instances.bboxes.float().cpu().numpy()[keep]
+        boxes = instances.bboxes.float().cpu().numpy()
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        # A box wholly in the batch padding (beyond the frame) clips to nothing: it is not in the frame.
+        keep = (scores >= threshold) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes = boxes[keep]
         labels = instances.labels.cpu().numpy()[keep]
         return [Detection(box=tuple(float(v) for v in box), score=float(score), class_id=int(label),
                           class_name=self.classes[int(label)])
