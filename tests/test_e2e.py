@@ -1,0 +1,160 @@
+"""The main job end to end: real redis-server, S3 server, worker process and CLI process.
+
+A generated video with exact ground truth goes in through `autolabel submit --wait`; a second
+job goes in through the backend API while the first runs, and a third through the raw Celery
+path with a corrupt frame among good ones. Every export is checked against ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autolabel import layout
+from autolabel.celery_app import make_celery
+from autolabel.client import LabelingClient
+from autolabel.contract import TASK_SUBMIT, DetectOptions, FrameRef, FrameResult, JobSpec, SubmitFramesTask, queue_for
+from autolabel.devservices import DevStack, Service, free_port
+from autolabel.exports import CocoFile, LabelStudioTask, Summary, labelstudio_to_pixels
+from autolabel.progress import JobState
+from autolabel.settings import Settings
+from autolabel.storage import ObjectStore
+from autolabel.synth import generate_video
+from autolabel_worker.scoring import export_boxes, map_scores
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def worker(devstack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    port = free_port()
+    service = Service("worker", [str(BIN / "autolabel"), "worker", "--health-port", str(port)], port, log)
+    service.start(devstack.subprocess_env())
+    yield service
+    service.stop()
+    print(log.read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    out = tmp_path_factory.mktemp("videos")
+    made = {}
+    for name, size, seconds, seed in (("main", (1280, 720), 4, 7001), ("backend", (960, 540), 2, 7002)):
+        video, gt = out / f"{name}.mp4", out / f"{name}.json"
+        generate_video(video, gt, width=size[0], height=size[1], fps=10, seconds=seconds, seed=seed)
+        made[name] = (video, json.loads(gt.read_text()))
+    return made
+
+
+def _exports(store: ObjectStore, job_id: str) -> tuple[CocoFile, list[LabelStudioTask], Summary]:
+    coco = CocoFile.model_validate(store.get_json(layout.export_key(job_id, "coco.json")))
+    studio = [LabelStudioTask.model_validate(t) for t in store.get_json(layout.export_key(job_id, "labelstudio.json"))]
+    summary = Summary.model_validate(store.get_json(layout.export_key(job_id, "summary.json")))
+    return coco, studio, summary
+
+
+def test_video_job_through_cli_and_backend_job_alongside(
+    devstack: DevStack, worker: Service, videos, settings: Settings, store: ObjectStore, tmp_path: Path
+) -> None:
+    main_video, main_gt = videos["main"]
+    main_job = "cli-main-job"
+    cli = subprocess.Popen([str(BIN / "autolabel"), "submit", str(main_video), "--wait", "--batch-size", "4",
+                            "--job-id", main_job],
+                           env=devstack.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = LabelingClient(settings)
+    deadline = time.monotonic() + 300
+    while main_job not in {job.job_id for job in client.jobs(50)} and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    backend_video, backend_gt = videos["backend"]
+    backend_job = client.submit_video(backend_video, batch_size=2, priority=3)
+    backend_status = client.wait(backend_job, timeout=600)
+    stdout, stderr = cli.communicate(timeout=900)
+    assert cli.returncode == 0, stderr
+    assert stdout.splitlines()[0] == main_job
+    assert "frames/s" in stderr and "ETA" in stderr
+
+    for job_id, gt, status in ((main_job, main_gt, client.status(main_job)), (backend_job, backend_gt, backend_status)):
+        assert status.state == JobState.DONE
+        assert status.done == len(gt["images"]) and status.failed == 0
+        coco, studio, summary = _exports(store, job_id)
+        scores = map_scores(gt, export_boxes(coco))
+        print(f"{job_id}: mAP@[.5:.95] {scores.map:.3f}  mAP@0.5 {scores.map50:.3f}")
+        assert scores.map50 >= 0.80
+        assert summary.labeled_frames == len(gt["images"]) and not summary.failed_frames
+        gt_size = (gt["images"][0]["width"], gt["images"][0]["height"])
+        assert {(image.width, image.height) for image in coco.images} == {gt_size}
+        # Label Studio's percentages convert back to the pixels of the frame's result file.
+        for task in studio:
+            result = FrameResult.model_validate(store.get_json(layout.detection_key(job_id, task.data["frame_id"])))
+            converted = [v for region in task.predictions[0].result for v in labelstudio_to_pixels(region)]
+            assert converted == pytest.approx([v for d in result.detections for v in d.box], abs=1e-6)
+
+    out = tmp_path / "results"
+    subprocess.run([str(BIN / "autolabel"), "results", main_job, "-o", str(out)], env=devstack.subprocess_env(),
+                   check=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(layout.EXPORT_NAMES)
+
+
+def test_raw_celery_path_with_a_corrupt_frame(
+    devstack: DevStack, worker: Service, videos, settings: Settings, store: ObjectStore
+) -> None:
+    video, gt = videos["backend"]
+    client = LabelingClient(settings)
+    source_job = client.submit_video(video, every_nth=5)
+    client.wait(source_job, timeout=600)
+    frames = list(client.store.get_json(layout.manifest_key(source_job))["frames"])
+    store.put_bytes("uploads/corrupt.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg")
+    store.put_bytes("uploads/empty.jpg", b"", "image/jpeg")
+    frames += [{"frame_id": "corrupt", "key": "uploads/corrupt.jpg"}, {"frame_id": "empty", "key": "uploads/empty.jpg"},
+               {"frame_id": "missing", "key": "uploads/missing.jpg"}]
+    spec = JobSpec(job_id="raw-celery-job", source="frames", options=DetectOptions(model=settings.model), batch_size=3)
+    payload = SubmitFramesTask(spec=spec, frames=[FrameRef.model_validate(f) for f in frames])
+    make_celery(settings).send_task(TASK_SUBMIT, kwargs=payload.model_dump(mode="json"), queue=queue_for(settings.model))
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        jobs = {job.job_id: job for job in client.jobs(50)}
+        if "raw-celery-job" in jobs and jobs["raw-celery-job"].ended:
+            break
+        time.sleep(0.5)
+    status = client.status("raw-celery-job")
+    assert status.state == JobState.DONE
+    assert set(status.failures) == {"corrupt", "empty", "missing"}
+    assert "empty (0 bytes)" in status.failures["empty"]
+    assert "does not exist" in status.failures["missing"]
+    coco, _, summary = _exports(store, "raw-celery-job")
+    assert summary.labeled_frames == len(frames) - 3
+    assert {f.frame_id for f in summary.failed_frames} == {"corrupt", "empty", "missing"}
+    assert len(coco.images) == len(frames) - 3
+
+
+def test_single_frame_tasks_share_forward_passes_under_a_backlog(
+    devstack: DevStack, worker: Service, videos, settings: Settings, store: ObjectStore
+) -> None:
+    video, _ = videos["backend"]
+    client = LabelingClient(settings)
+    source_job = client.submit_video(video, every_nth=2)
+    client.wait(source_job, timeout=600)
+    frames = client.store.get_json(layout.manifest_key(source_job))["frames"]
+    assert len(frames) == 10
+
+    # batch_size=1: every frame is its own Celery task, as a backend sending frames one by one would.
+    backlog = client.submit_frames(frames, batch_size=1)
+    assert client.wait(backlog, timeout=600).done == len(frames)
+    _, _, summary = _exports(store, backlog)
+    assert summary.labeled_frames == len(frames)
+    assert summary.timings.mean_frames_per_pass > 1.0, summary.timings
+
+    # Into an idle worker a lone frame rides alone: nothing waited for a batch to fill.
+    lone = client.submit_frames(frames[:1], batch_size=1)
+    assert client.wait(lone, timeout=120).done == 1
+    assert _exports(store, lone)[2].timings.mean_frames_per_pass == 1.0
