@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from autolabel.errors import JobNotFoundError
-from autolabel.progress import JobState, ProgressStore
+from autolabel.progress import DeadLetter, JobState, ProgressStore
 from autolabel.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -80,3 +80,36 @@ def test_unknown_job(progress: ProgressStore) -> None:
     with pytest.raises(JobNotFoundError, match="nope"):
         progress.status("nope")
     assert progress.record("nope", done=["a"], failed={}) == -1
+
+
+def test_the_task_that_completed_a_job_can_claim_its_finalize_again(progress: ProgressStore) -> None:
+    # Its first delivery died between recording and sending finalize; the redelivery (same task id) sends it.
+    progress.register("reclaim", total=2, model="m", source="v.mp4")
+    assert progress.record("reclaim", done=["a"], failed={}, claimer="task-1") == 0
+    assert progress.record("reclaim", done=["b"], failed={}, claimer="task-2") == 1
+    assert progress.record("reclaim", done=["b"], failed={}, claimer="task-2") == 1
+    assert progress.record("reclaim", done=["a"], failed={}, claimer="task-1") == 0
+    progress.mark_done("reclaim")
+    assert progress.record("reclaim", done=["b"], failed={}, claimer="task-2") == 0
+
+
+def test_resubmitting_a_finished_job_leaves_finalize_to_its_tasks(progress: ProgressStore) -> None:
+    progress.register("resubmit", total=1, model="m", source="frames")
+    assert progress.record("resubmit", done=["a"], failed={}) == 1
+    progress.mark_done("resubmit")
+    progress.register("resubmit", total=1, model="m", source="frames")
+    status = progress.status("resubmit")
+    assert (status.state, status.done) == (JobState.QUEUED, 1)
+    assert progress.record("resubmit", done=["a"], failed={}, claimer="t") == 1
+
+
+def test_dead_letters_fail_their_frames_and_show_in_status(progress: ProgressStore) -> None:
+    progress.register("dead", total=3, model="m", source="frames")
+    progress.record("dead", done=["a"], failed={})
+    letter = DeadLetter(task_id="t-9", frame_ids=["b", "c"], lost_deliveries=3)
+    assert progress.dead_letter("dead", letter, "dead-lettered after 3 lost deliveries") == 1
+    status = progress.status("dead")
+    assert status.dead_letters == [letter]
+    assert status.failures == {"b": "dead-lettered after 3 lost deliveries", "c": "dead-lettered after 3 lost deliveries"}
+    progress.reopen("dead", ["b", "c"])
+    assert progress.status("dead").dead_letters == []

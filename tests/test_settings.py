@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from autolabel.settings import MASK, Settings, mask_url_password
+from autolabel.settings import MASK, Settings, get_settings, mask_url_password
 
 
 def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,3 +49,26 @@ def test_url_without_password_is_unchanged() -> None:
 def test_bad_values_name_the_field(field: str, value: str) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(_env_file=None, **{field: value})
+
+
+def test_secret_files_are_read_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "autolabel_s3_secret_access_key").write_text("from-a-file\n")
+    (tmp_path / "autolabel_broker_url").write_text("rediss://:pw@cache:6380/0")
+    monkeypatch.setenv("AUTOLABEL_SECRETS_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        assert settings.s3_secret_access_key.get_secret_value() == "from-a-file"
+        assert settings.broker_url == "rediss://:pw@cache:6380/0"
+        assert "from-a-file" not in repr(settings) and "pw@" not in repr(settings)
+        monkeypatch.setenv("AUTOLABEL_BROKER_URL", "redis://env:6379/0")
+        get_settings.cache_clear()
+        assert get_settings().broker_url == "redis://env:6379/0"
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("field", ["batch_time_limit_s", "lease_s"])
+def test_delivery_limits_stay_below_the_visibility_timeout(field: str) -> None:
+    with pytest.raises(ValidationError, match=f"{field} .* must be below visibility_timeout_s"):
+        Settings(_env_file=None, **{"visibility_timeout_s": 60, "batch_time_limit_s": 30, "lease_s": 10, field: 60})

@@ -11,10 +11,6 @@ from celery import Celery
 from autolabel.contract import DEFAULT_QUEUE
 from autolabel.settings import Settings
 
-# Redis redelivers an unacknowledged message after this many seconds. It must exceed the
-# longest a batch can take, or a slow batch is run twice in parallel.
-VISIBILITY_TIMEOUT_S = 3600
-
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("autolabel", broker=settings.broker_url, set_as_current=False)
@@ -35,7 +31,15 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            # Redis redelivers a message not acknowledged within this: how a message held by a
+            # killed worker comes back. It must exceed the longest a task can take (the batch
+            # time limit is checked to be below it); a task redelivered while still running is
+            # held off by its lease (autolabel_worker.delivery).
+            "visibility_timeout": settings.visibility_timeout_s,
+            # kombu looks for such messages every interval x throttle seconds (100 s by default);
+            # look at least ten times per visibility timeout so recovery is not delayed further.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10)),
+            "unacked_restore_throttle": 1,
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
             "sep": ":",

@@ -127,6 +127,9 @@ def status(job_id: str, wait: bool) -> None:
     click.echo(_describe(current))
     for frame_id, reason in sorted(current.failures.items()):
         click.echo(f"  failed {frame_id}: {reason}")
+    for letter in current.dead_letters:
+        click.echo(f"  dead letter: task {letter.task_id} after {letter.lost_deliveries} lost deliveries, "
+                   f"frames {', '.join(letter.frame_ids)}")
 
 
 @main.command()

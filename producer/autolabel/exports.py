@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, Field
 
 from autolabel.contract import FrameResult, JobManifest
-from autolabel.progress import JobStatus
+from autolabel.progress import DeadLetter, JobStatus
 
 
 class CocoImage(BaseModel):
@@ -104,6 +104,8 @@ class Summary(BaseModel):
     total_frames: int
     labeled_frames: int
     failed_frames: list[FailedFrame]
+    dead_letters: list[DeadLetter] = Field(default=[], description="tasks given up after their deliveries kept "
+                                           "dying; their frames are among failed_frames")
     missing_frames: list[str]
     frames_with_detections: int
     detections: int
@@ -201,6 +203,7 @@ def build_summary(
         total_frames=len(manifest.frames),
         labeled_frames=len(labeled),
         failed_frames=failed,
+        dead_letters=status.dead_letters,
         missing_frames=missing,
         frames_with_detections=sum(1 for result in results if result.detections),
         detections=sum(per_class.values()),

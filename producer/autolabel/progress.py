@@ -4,6 +4,7 @@ Per job:
     autolabel:job:ID          hash: state, total, model, source, timestamps, finalize claim, timings
     autolabel:job:ID:done     set of frame ids labeled
     autolabel:job:ID:failed   hash frame id -> reason, never holding a frame that is in :done
+    autolabel:job:ID:dead     hash task id -> DeadLetter JSON: tasks given up after lost deliveries
     autolabel:jobs            sorted set of job ids by creation time
 Recording results is one Lua script, so concurrent workers and redelivered tasks cannot
 double-count a frame or both claim the job's finalize step.
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from autolabel.errors import JobNotFoundError
 
@@ -31,6 +32,14 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class DeadLetter(BaseModel):
+    """A task whose deliveries kept dying (worker killed each time): its frames are failed, not retried again."""
+
+    task_id: str
+    frame_ids: list[str]
+    lost_deliveries: int = Field(description="deliveries that started and never ended")
+
+
 class JobStatus(BaseModel):
     job_id: str
     state: JobState
@@ -43,6 +52,7 @@ class JobStatus(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     failures: dict[str, str] = {}
+    dead_letters: list[DeadLetter] = []
 
     @property
     def finished(self) -> int:
@@ -59,31 +69,37 @@ class JobStatus(BaseModel):
         return self.done / max(end - self.started_at, 1e-6)
 
 
-# KEYS: job hash, done set, failed hash. ARGV: now, number of done ids, done ids..., then
-# (failed id, reason) pairs. Returns -1 for an unknown job, 1 to the one caller that
-# completes the job (it must enqueue finalize), else 0.
+# KEYS: job hash, done set, failed hash. ARGV: now, claimer, number of done ids, done ids...,
+# then (failed id, reason) pairs. Returns -1 for an unknown job, 1 to the one caller that
+# completes the job (it must enqueue finalize), else 0. The claimer (a Celery task id) that
+# completed the job gets 1 again when it calls again: a redelivered task whose worker died
+# between this call and sending finalize sends it after all.
 _RECORD = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
-local n_done = tonumber(ARGV[2])
-for i = 3, 2 + n_done do
+local n_done = tonumber(ARGV[3])
+for i = 4, 3 + n_done do
   redis.call('SADD', KEYS[2], ARGV[i])
   redis.call('HDEL', KEYS[3], ARGV[i])
 end
-for i = 3 + n_done, #ARGV, 2 do
+for i = 4 + n_done, #ARGV, 2 do
   if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then
     redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   end
 end
-if state == 'queued' and #ARGV > 2 then
+if state == 'queued' and #ARGV > 3 then
   redis.call('HSET', KEYS[1], 'state', 'running')
   redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
   state = 'running'
 end
 local finished = redis.call('SCARD', KEYS[2]) + redis.call('HLEN', KEYS[3])
-if (state == 'running' or state == 'queued') and finished >= tonumber(redis.call('HGET', KEYS[1], 'total'))
-   and redis.call('HSETNX', KEYS[1], 'finalize_claimed', ARGV[1]) == 1 then
+if finished < tonumber(redis.call('HGET', KEYS[1], 'total')) then return 0 end
+if (state == 'running' or state == 'queued')
+   and redis.call('HSETNX', KEYS[1], 'finalize_claimed', ARGV[2]) == 1 then
   redis.call('HSET', KEYS[1], 'state', 'finalizing')
+  return 1
+end
+if state == 'finalizing' and ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'finalize_claimed') == ARGV[2] then
   return 1
 end
 return 0
@@ -93,6 +109,10 @@ return 0
 def _keys(job_id: str) -> tuple[str, str, str]:
     base = f"autolabel:job:{job_id}"
     return base, f"{base}:done", f"{base}:failed"
+
+
+def _dead_key(job_id: str) -> str:
+    return f"autolabel:job:{job_id}:dead"
 
 
 class ProgressStore:
@@ -110,25 +130,27 @@ class ProgressStore:
         """Start tracking a new job (or restart tracking a re-submitted one) with ``total`` frames."""
         job, done, failed = _keys(job_id)
         now = time.time()
+        # Frames labeled by an earlier submission of the same job id stay counted; the job is
+        # completed (and finalized) by the tasks of this submission, which skip those frames.
         with self.redis.pipeline() as pipe:
-            pipe.delete(job, failed)
+            pipe.delete(job, failed, _dead_key(job_id))
             pipe.hset(job, mapping={"state": JobState.QUEUED, "total": total, "model": model,
                                     "source": source, "created_at": now})
             pipe.zadd(JOBS_INDEX, {job_id: now})
             pipe.execute()
-        # Frames labeled by an earlier submission of the same job id stay counted.
-        self._finish_if_complete(job_id)
 
-    def _finish_if_complete(self, job_id: str) -> bool:
-        return self.record(job_id, done=(), failed={}) == 1
-
-    def record(self, job_id: str, *, done: Iterable[str], failed: Mapping[str, str]) -> int:
-        """Count frames as labeled or failed; 1 means this caller completed the job."""
+    def record(self, job_id: str, *, done: Iterable[str], failed: Mapping[str, str], claimer: str = "") -> int:
+        """Count frames as labeled or failed; 1 means this caller (``claimer``: its task id) completed the job."""
         done = list(done)
-        args: list[str | float | int] = [time.time(), len(done), *done]
+        args: list[str | float | int] = [time.time(), claimer, len(done), *done]
         for frame_id, reason in failed.items():
             args += [frame_id, reason[:500]]
         return int(self._record(keys=list(_keys(job_id)), args=args))
+
+    def dead_letter(self, job_id: str, letter: DeadLetter, reason: str) -> int:
+        """Give up on a task's frames: keep the dead letter and fail the frames (as ``record``)."""
+        self.redis.hset(_dead_key(job_id), letter.task_id, letter.model_dump_json())
+        return self.record(job_id, done=(), failed=dict.fromkeys(letter.frame_ids, reason), claimer=letter.task_id)
 
     def mark_started(self, job_id: str) -> None:
         """The first batch of the job starts work now (later calls change nothing)."""
@@ -165,12 +187,13 @@ class ProgressStore:
         return set(self.redis.smembers(_keys(job_id)[1]))
 
     def reopen(self, job_id: str, frame_ids: Iterable[str]) -> None:
-        """Forget the failures of frames about to be retried and allow a new finalize."""
+        """Forget the failures and dead letters of frames about to be retried and allow a new finalize."""
         job, _, failed = _keys(job_id)
         frame_ids = list(frame_ids)
         with self.redis.pipeline() as pipe:
             if frame_ids:
                 pipe.hdel(failed, *frame_ids)
+            pipe.delete(_dead_key(job_id))
             pipe.hdel(job, "finalize_claimed", "finished_at")
             pipe.hset(job, "state", JobState.RUNNING)
             pipe.execute()
@@ -181,7 +204,8 @@ class ProgressStore:
             pipe.hgetall(job)
             pipe.scard(done)
             pipe.hgetall(failed)
-            fields, n_done, failures = pipe.execute()
+            pipe.hvals(_dead_key(job_id))
+            fields, n_done, failures, dead = pipe.execute()
         if not fields:
             raise JobNotFoundError(f"job {job_id!r} is not known to the broker; check the id with `autolabel jobs`")
         return JobStatus(
@@ -191,6 +215,7 @@ class ProgressStore:
             started_at=float(fields["started_at"]) if "started_at" in fields else None,
             finished_at=float(fields["finished_at"]) if "finished_at" in fields else None,
             failures=failures,
+            dead_letters=sorted((DeadLetter.model_validate_json(raw) for raw in dead), key=lambda d: d.task_id),
         )
 
     def recent(self, limit: int = 20) -> list[JobStatus]:

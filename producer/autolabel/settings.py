@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MASK = "********"
@@ -33,6 +34,12 @@ class Settings(BaseSettings):
     max_frame_pixels: int = Field(40_000_000, ge=1, description="frames larger than this are refused unread")
     frame_fetch_threads: int = Field(8, ge=1, le=64)
     ready_file: str | None = Field(None, description="a worker process writes this file once it can take work")
+    # Delivery (docs/reliability.md says which failure each one addresses).
+    visibility_timeout_s: int = Field(3600, ge=2, description="Redis redelivers an unacknowledged message after this")
+    batch_time_limit_s: float = Field(1800, gt=0, description="a task's wait for its forward passes; below the "
+                                      "visibility timeout")
+    lease_s: float = Field(60, gt=0, description="a running task's lease in Redis, renewed every third of it")
+    max_deliveries: int = Field(3, ge=1, description="deliveries lost (worker killed) before a task is dead-lettered")
 
     @field_validator("broker_url")
     @classmethod
@@ -40,6 +47,15 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("broker_url must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _limits_below_visibility(self) -> Settings:
+        # A task running longer than the visibility timeout, or a copy held back longer, is redelivered.
+        for name in ("batch_time_limit_s", "lease_s"):
+            if getattr(self, name) >= self.visibility_timeout_s:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be below visibility_timeout_s "
+                                 f"({self.visibility_timeout_s}), or a running task is delivered again")
+        return self
 
     def __repr_args__(self) -> list[tuple[str, Any]]:
         # Settings end up in logs and tracebacks; the broker URL can hold a password.
@@ -70,5 +86,9 @@ def mask_url_password(url: str) -> str:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings, read once from the environment.
+
+    ``AUTOLABEL_SECRETS_DIR`` names a directory of secret files (Docker/Kubernetes secrets), one per
+    setting: ``autolabel_s3_secret_access_key``, ``autolabel_broker_url``, ...; the environment wins.
+    """
+    return Settings(_secrets_dir=os.environ.get("AUTOLABEL_SECRETS_DIR"))

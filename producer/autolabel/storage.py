@@ -74,9 +74,12 @@ class ObjectStore:
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+                  metadata: dict[str, str] | None = None) -> None:
+        """Write an object; ``metadata`` becomes its user metadata (``x-amz-meta-*``), read back by ``metadata``."""
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                                   Metadata=metadata or {})
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("write", key, exc) from exc
 
@@ -92,6 +95,16 @@ class ObjectStore:
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("stat", key, exc) from exc
 
+    def metadata(self, key: str) -> dict[str, str] | None:
+        """The object's user metadata from a HEAD request, or None when there is no such object."""
+        try:
+            return dict(self.client.head_object(Bucket=self.bucket, Key=key).get("Metadata", {}))
+        except (BotoCoreError, ClientError) as exc:
+            error = self._fail("stat", key, exc)
+            if isinstance(error, ObjectNotFoundError):
+                return None
+            raise error from exc
+
     def exists(self, key: str) -> bool:
         try:
             self.size(key)
@@ -99,12 +112,13 @@ class ObjectStore:
             return False
         return True
 
-    def put_json(self, key: str, value: BaseModel | dict[str, Any] | list[Any]) -> None:
+    def put_json(self, key: str, value: BaseModel | dict[str, Any] | list[Any],
+                 metadata: dict[str, str] | None = None) -> None:
         if isinstance(value, BaseModel):
             data = value.model_dump_json(indent=None).encode()
         else:
             data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-        self.put_bytes(key, data, "application/json")
+        self.put_bytes(key, data, "application/json", metadata)
 
     def get_json(self, key: str) -> Any:
         try:
