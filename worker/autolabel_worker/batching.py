@@ -73,12 +73,18 @@ class Batcher:
         """Queue frames; each future holds one frame's detections or that frame's own exception."""
         return [item.future for item in self._enqueue(images, threshold)]
 
-    def predict(self, images: Sequence[np.ndarray], threshold: float) -> Outcome:
-        """Blocking form of ``submit``, with the frames' share of device time."""
+    def predict(self, images: Sequence[np.ndarray], threshold: float, timeout: float | None = None) -> Outcome:
+        """Blocking form of ``submit``, with the frames' share of device time.
+
+        Raises TimeoutError when the frames are not all done within ``timeout`` seconds. This is
+        the task time limit of a threads-pool worker, where Celery's own limits do not apply; the
+        abandoned frames still run when their turn comes, as a pass cannot be taken back.
+        """
         items = self._enqueue(images, threshold)
+        deadline = None if timeout is None else time.monotonic() + timeout
         results: list[list[Detection] | BaseException] = []
         for item in items:
-            exc = item.future.exception()
+            exc = item.future.exception(None if deadline is None else max(0.0, deadline - time.monotonic()))
             results.append(exc if exc is not None else item.future.result())
         return Outcome(results, sum(i.device_seconds for i in items), [i.pass_size for i in items])
 

@@ -2,19 +2,51 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from autolabel import layout
-from autolabel.contract import DetectTask, FrameResult
+from autolabel.contract import DetectOptions, DetectTask, FrameRef, FrameResult
+from autolabel.errors import AutolabelError
+from autolabel.storage import ObjectStore
 from autolabel_worker.frames import load_frames
 from autolabel_worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def process_batch(rt: Runtime, task: DetectTask) -> bool:
-    """Label the task's frames; returns True when this batch completed the job (finalize is due)."""
+class BatchTimeLimitExceeded(AutolabelError):
+    """The task's frames were not through the model within the batch time limit; the task is retried."""
+
+
+def result_stamp(model_version: str, options: DetectOptions) -> dict[str, str]:
+    """Object metadata of a result file: what produced it. A result with the same stamp is not made again."""
+    digest = hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:16]
+    return {"model-version": model_version, "options": digest}
+
+
+def already_labeled(store: ObjectStore, job_id: str, refs: Sequence[FrameRef], stamp: dict[str, str],
+                    threads: int) -> set[str]:
+    """Frames whose result object exists with this stamp (HEAD only): a redelivery, retry or
+    re-submission skips them, and their bytes stay as they are."""
+
+    def stamped(ref: FrameRef) -> bool:
+        return store.metadata(layout.detection_key(job_id, ref.frame_id)) == stamp
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(refs))) as pool:
+        return {ref.frame_id for ref, done in zip(refs, pool.map(stamped, refs)) if done}
+
+
+def process_batch(rt: Runtime, task: DetectTask, claimer: str = "") -> bool:
+    """Label the task's frames; returns True when this batch completed the job (finalize is due).
+
+    ``claimer`` (the Celery task id) lets a redelivery of the task that completed the job claim
+    its finalize again, in case the first delivery died before sending it.
+    """
+    started = time.monotonic()
     job_id = task.job_id
     if rt.progress.is_cancelled(job_id):
         log.info("job %s is cancelled; skipping %d frames", job_id, len(task.frames))
@@ -26,14 +58,25 @@ def process_batch(rt: Runtime, task: DetectTask) -> bool:
     elif options.classes and (unknown := set(options.classes) - set(rt.detector.classes)):
         refusal = f"unknown class names {sorted(unknown)}; the model knows {list(rt.detector.classes)}"
     if refusal:
-        return rt.progress.record(job_id, done=(), failed={f.frame_id: refusal for f in task.frames}) == 1
+        return rt.progress.record(job_id, done=(), failed={f.frame_id: refusal for f in task.frames},
+                                  claimer=claimer) == 1
 
     rt.progress.mark_started(job_id)
-    frames, failures = load_frames(rt.store, task.frames, max_pixels=rt.settings.max_frame_pixels,
-                                   threads=rt.settings.frame_fetch_threads)
+    stamp = result_stamp(rt.model.version, options)
+    skipped = already_labeled(rt.store, job_id, task.frames, stamp, rt.settings.frame_fetch_threads)
+    if skipped:
+        log.info("job %s: %d frames already labeled by this model version, not labeled again", job_id, len(skipped))
+    todo = [ref for ref in task.frames if ref.frame_id not in skipped]
+    frames, failures = load_frames(rt.store, todo, max_pixels=rt.settings.max_frame_pixels,
+                                   threads=rt.settings.frame_fetch_threads) if todo else ([], {})
     results: list[FrameResult] = []
     if frames:
-        outcome = rt.batcher.predict([frame.image for frame in frames], options.score_threshold)
+        left = rt.settings.batch_time_limit_s - (time.monotonic() - started)
+        try:
+            outcome = rt.batcher.predict([frame.image for frame in frames], options.score_threshold, timeout=left)
+        except TimeoutError as exc:
+            raise BatchTimeLimitExceeded(f"job {job_id}: {len(frames)} frames not through the model within "
+                                         f"{rt.settings.batch_time_limit_s:.0f} s") from exc
         rt.progress.add_timing(job_id, frames=len(frames), device_seconds=outcome.device_seconds,
                                frames_per_pass=sum(outcome.pass_sizes))
         keep = set(options.classes) if options.classes else None
@@ -49,10 +92,11 @@ def process_batch(rt: Runtime, task: DetectTask) -> bool:
             ))
     if results:
         with ThreadPoolExecutor(max_workers=min(rt.settings.frame_fetch_threads, len(results))) as pool:
-            list(pool.map(lambda r: rt.store.put_json(layout.detection_key(job_id, r.frame_id), r), results))
+            list(pool.map(lambda r: rt.store.put_json(layout.detection_key(job_id, r.frame_id), r, stamp), results))
     for frame_id, reason in failures.items():
         log.warning("job %s frame %s failed: %s", job_id, frame_id, reason)
-    completed = rt.progress.record(job_id, done=[r.frame_id for r in results], failed=failures)
+    completed = rt.progress.record(job_id, done=[r.frame_id for r in results] + sorted(skipped), failed=failures,
+                                   claimer=claimer)
     if completed == -1:
         log.warning("job %s is not registered in Redis; results were written but progress is not tracked", job_id)
     return completed == 1

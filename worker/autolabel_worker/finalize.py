@@ -9,14 +9,20 @@ from concurrent.futures import ThreadPoolExecutor
 from autolabel import layout
 from autolabel.contract import FrameResult, JobManifest
 from autolabel.exports import build_coco, build_labelstudio, build_summary
+from autolabel.progress import JobState
 from autolabel_worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
 def finalize_job(rt: Runtime, job_id: str) -> None:
-    manifest = JobManifest.model_validate(rt.store.get_json(layout.manifest_key(job_id)))
+    """Write the exports unless the job is already done: a finalize message delivered twice (its
+    worker died after writing, before acknowledging) changes nothing the second time."""
     status = rt.progress.status(job_id)
+    if status.state != JobState.FINALIZING:
+        log.info("job %s is %s; nothing to finalize", job_id, status.state)
+        return
+    manifest = JobManifest.model_validate(rt.store.get_json(layout.manifest_key(job_id)))
     done = rt.progress.done_frames(job_id)
     keys = [layout.detection_key(job_id, frame.frame_id) for frame in manifest.frames if frame.frame_id in done]
     with ThreadPoolExecutor(max_workers=rt.settings.frame_fetch_threads) as pool:

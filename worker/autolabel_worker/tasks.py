@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_init, worker_ready
 from pydantic import BaseModel
@@ -23,17 +26,20 @@ from autolabel.contract import (
 )
 from autolabel.errors import InvalidInputError, StorageError
 from autolabel.jobs import start_job
+from autolabel.progress import DeadLetter
 from autolabel_worker.app import app
-from autolabel_worker.detect import process_batch
+from autolabel_worker.delivery import Deliveries, LeaseBusy
+from autolabel_worker.detect import BatchTimeLimitExceeded, process_batch
 from autolabel_worker.finalize import finalize_job
 from autolabel_worker.runtime import runtime, write_ready_file
 
 log = logging.getLogger(__name__)
 Payload = TypeVar("Payload", bound=BaseModel)
 
-# Transient failures of the store or Redis: retried with exponential backoff and jitter.
+# Transient failures of the store or Redis, and a batch that ran out of time: retried with
+# exponential backoff and jitter.
 RETRY = {
-    "autoretry_for": (StorageError, redis.ConnectionError, redis.TimeoutError),
+    "autoretry_for": (StorageError, redis.ConnectionError, redis.TimeoutError, BatchTimeLimitExceeded),
     "retry_backoff": 2,
     "retry_backoff_max": 120,
     "retry_jitter": True,
@@ -65,19 +71,78 @@ def parse(model: type[Payload], payload: dict[str, Any]) -> Payload:
         raise Reject(str(exc), requeue=False) from exc
 
 
-@app.task(name=TASK_DETECT, bind=True, **RETRY)
+@cache
+def deliveries() -> Deliveries:
+    rt = runtime()
+    return Deliveries(rt.progress.redis, lease_s=rt.settings.lease_s)
+
+
+def send_finalize(job_id: str, model: str) -> None:
+    app.send_task(TASK_FINALIZE, kwargs=FinalizeTask(job_id=job_id).model_dump(), queue=queue_for(model))
+
+
+def run_later(task: Task) -> None:
+    """Send this very message again for later, as the same task id and without spending a retry:
+    another delivery of it holds its lease. Acknowledging this copy then loses nothing."""
+    countdown = deliveries().lease_ms / 1000 * (1 + random.random())
+    log.info("task %s[%s] is running elsewhere; this delivery runs again in %.0f s", task.name, task.request.id,
+             countdown)
+    task.signature_from_request(task.request, countdown=countdown).apply_async()
+
+
+class FramesTask(Task):
+    """A task that holds frames: when it fails for good, its frames fail with the reason, so the job completes."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: dict[str, Any], einfo: Any) -> None:
+        try:
+            task = validated(DetectTask, kwargs)
+        except InvalidInputError:
+            return  # rejected as malformed; it holds no frames of a known job
+        reason = f"gave up after {self.request.retries} retries: {type(exc).__name__}: {exc}"
+        try:
+            completed = runtime().progress.record(task.job_id, done=(), failed=dict.fromkeys(
+                (f.frame_id for f in task.frames), reason), claimer=task_id)
+            if completed == 1:
+                send_finalize(task.job_id, task.options.model)
+        except (redis.RedisError, OSError):
+            log.exception("task %s failed and its frames could not be marked failed; `autolabel retry %s` "
+                          "re-enqueues them", task_id, task.job_id)
+
+
+@app.task(name=TASK_DETECT, bind=True, base=FramesTask, **RETRY)
 def detect_frames(self: Any, **payload: Any) -> dict[str, Any]:
     task = parse(DetectTask, payload)
-    if process_batch(runtime(), task):
-        app.send_task(TASK_FINALIZE, kwargs=FinalizeTask(job_id=task.job_id).model_dump(),
-                      queue=queue_for(task.options.model))
+    rt = runtime()
+    try:
+        with deliveries().lease(self.request.id), deliveries().track(self.request.id) as delivery:
+            if delivery.lost >= rt.settings.max_deliveries:
+                # This task's deliveries keep dying with their worker (OOM, a crash in native code):
+                # stop feeding it to workers, fail its frames and keep the record.
+                log.error("task %s of job %s: %d deliveries lost; dead-lettering %d frames", self.request.id,
+                          task.job_id, delivery.lost, len(task.frames))
+                letter = DeadLetter(task_id=self.request.id, frame_ids=[f.frame_id for f in task.frames],
+                                    lost_deliveries=delivery.lost)
+                completed = rt.progress.dead_letter(
+                    task.job_id, letter, f"dead-lettered after {delivery.lost} lost deliveries") == 1
+                delivery.settled = True
+            else:
+                completed = process_batch(rt, task, claimer=self.request.id)
+            if completed:
+                send_finalize(task.job_id, task.options.model)
+    except LeaseBusy:
+        run_later(self)
     return {"job_id": task.job_id, "frames": len(task.frames)}
 
 
 @app.task(name=TASK_FINALIZE, bind=True, **RETRY)
 def finalize(self: Any, **payload: Any) -> dict[str, Any]:
     task = parse(FinalizeTask, payload)
-    finalize_job(runtime(), task.job_id)
+    try:
+        # One finalize at a time per job, whichever message it came from.
+        with deliveries().lease(f"finalize:{task.job_id}"):
+            finalize_job(runtime(), task.job_id)
+    except LeaseBusy:
+        run_later(self)
     return {"job_id": task.job_id}
 
 
