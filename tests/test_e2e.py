@@ -61,6 +61,13 @@ def _exports(store: ObjectStore, job_id: str) -> tuple[CocoFile, list[LabelStudi
     return coco, studio, summary
 
 
+def _uploaded_frames(client: LabelingClient, video: Path, every_nth: int) -> list[dict]:
+    """Frames already in the bucket, as a backend would have them: those of a finished video job."""
+    source_job = client.submit_video(video, every_nth=every_nth)
+    client.wait(source_job, timeout=600)
+    return list(client.store.get_json(layout.manifest_key(source_job))["frames"])
+
+
 def test_video_job_through_cli_and_backend_job_alongside(
     devstack: DevStack, worker: Service, videos, settings: Settings, store: ObjectStore, tmp_path: Path
 ) -> None:
@@ -107,11 +114,8 @@ def test_video_job_through_cli_and_backend_job_alongside(
 def test_raw_celery_path_with_a_corrupt_frame(
     devstack: DevStack, worker: Service, videos, settings: Settings, store: ObjectStore
 ) -> None:
-    video, gt = videos["backend"]
     client = LabelingClient(settings)
-    source_job = client.submit_video(video, every_nth=5)
-    client.wait(source_job, timeout=600)
-    frames = list(client.store.get_json(layout.manifest_key(source_job))["frames"])
+    frames = _uploaded_frames(client, videos["backend"][0], every_nth=5)
     store.put_bytes("uploads/corrupt.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg")
     store.put_bytes("uploads/empty.jpg", b"", "image/jpeg")
     frames += [{"frame_id": "corrupt", "key": "uploads/corrupt.jpg"}, {"frame_id": "empty", "key": "uploads/empty.jpg"},
@@ -140,11 +144,8 @@ def test_raw_celery_path_with_a_corrupt_frame(
 def test_single_frame_tasks_share_forward_passes_under_a_backlog(
     devstack: DevStack, worker: Service, videos, settings: Settings, store: ObjectStore
 ) -> None:
-    video, _ = videos["backend"]
     client = LabelingClient(settings)
-    source_job = client.submit_video(video, every_nth=2)
-    client.wait(source_job, timeout=600)
-    frames = client.store.get_json(layout.manifest_key(source_job))["frames"]
+    frames = _uploaded_frames(client, videos["backend"][0], every_nth=2)
     assert len(frames) == 10
 
     # batch_size=1: every frame is its own Celery task, as a backend sending frames one by one would.
