@@ -30,6 +30,10 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_send_task_events=True,
         broker_connection_retry_on_startup=True,
+        # Sending a task (a retry, finalize, a job's fan-out) waits out a Redis restart of about a
+        # minute instead of failing after Celery's default 2 s; a worker whose retry cannot be
+        # sent drops the message (Celery rejects it without requeue).
+        task_publish_retry_policy={"max_retries": 30, "interval_start": 0, "interval_step": 0.5, "interval_max": 3},
         broker_transport_options={
             # Redis redelivers a message not acknowledged within this: how a message held by a
             # killed worker comes back. It must exceed the longest a task can take (the batch

@@ -17,6 +17,8 @@ of one message share:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -77,13 +79,19 @@ class Deliveries:
     def count_key(task_id: str) -> str:
         return f"autolabel:deliveries:{task_id}"
 
+    @staticmethod
+    def holder_pid(token: str) -> int:
+        """The process id in a lease token (``host/pid/random``)."""
+        return int(token.split("/")[1])
+
     @contextmanager
     def lease(self, name: str) -> Iterator[None]:
         """Hold ``name``'s lease while the block runs; raises LeaseBusy when another holder has it.
 
         A holder that dies stops renewing, so its lease lapses after ``lease_s``.
         """
-        key, token = self.lease_key(name), uuid.uuid4().hex
+        # The token names the holder, so an operator (or a test) can tell which process runs what.
+        key, token = self.lease_key(name), f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex}"
         if not self.redis.set(key, token, nx=True, px=self.lease_ms):
             raise LeaseBusy(name)
         stop = threading.Event()

@@ -12,6 +12,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_init, worker_ready
+from kombu.exceptions import OperationalError
 from pydantic import BaseModel
 
 from autolabel.contract import (
@@ -36,10 +37,11 @@ from autolabel_worker.runtime import runtime, write_ready_file
 log = logging.getLogger(__name__)
 Payload = TypeVar("Payload", bound=BaseModel)
 
-# Transient failures of the store or Redis, and a batch that ran out of time: retried with
-# exponential backoff and jitter.
+# Transient failures of the store or Redis (progress or broker), and a batch that ran out of
+# time: retried with exponential backoff and jitter.
 RETRY = {
-    "autoretry_for": (StorageError, redis.ConnectionError, redis.TimeoutError, BatchTimeLimitExceeded),
+    "autoretry_for": (StorageError, redis.ConnectionError, redis.TimeoutError, OperationalError,
+                      BatchTimeLimitExceeded),
     "retry_backoff": 2,
     "retry_backoff_max": 120,
     "retry_jitter": True,

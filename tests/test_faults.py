@@ -1,0 +1,454 @@
+"""Fault injection with real processes: nothing lost and nothing duplicated in the exports.
+
+A real redis-server (AOF on), the real S3 server (moto's server mode) and a real
+`autolabel worker` pool of 3 processes. Each scenario submits a job, injects its fault in the
+middle of the job, waits for the job to end and checks the final exports: every frame is in
+coco.json exactly once or failed with a reason, and the COCO image ids are unique.
+
+Speed on 2 cores: the workers load the embedded model's config with a 320x192 canvas instead
+of 1280x720 (a copy in a temporary AUTOLABEL_CONFIGS_DIR): same weights, same code path, a
+sixteenth of the compute. Delivery settings are scaled down so recovery takes seconds: a
+visibility timeout of 20 s (a killed worker's messages come back after it), a 15 s batch
+time limit and a 4 s lease.
+
+The object store outage pauses the S3 server with SIGSTOP for 20 s, then SIGCONT: moto keeps
+its buckets in memory, so stopping the process would lose every object, which a real store
+does not do when it is unreachable. Paused, it accepts no request and answers none (clients
+time out or wait), and it comes back with its data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from PIL import Image
+
+from autolabel import layout
+from autolabel.client import LabelingClient
+from autolabel.contract import TASK_DETECT, DetectOptions, DetectTask, FrameRef, JobManifest, JobSpec, queue_for
+from autolabel.celery_app import make_celery
+from autolabel.devservices import DevStack, Service, free_port, wait_until
+from autolabel.exports import CocoFile, LabelStudioTask, Summary
+from autolabel.jobs import enqueue_frames
+from autolabel.progress import JobState, ProgressStore
+from autolabel.settings import Settings
+from autolabel.storage import ObjectStore
+from autolabel.synth import render_frames
+from autolabel.video import encode_jpeg
+from autolabel_worker.delivery import Deliveries
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration]
+
+BIN = Path(sys.executable).parent
+MODEL = "shapes-rtmdet-tiny"
+PROCESSES = 3
+MAX_DELIVERIES = 3
+WORKER_ENV = {
+    "AUTOLABEL_VISIBILITY_TIMEOUT_S": "20",
+    "AUTOLABEL_BATCH_TIME_LIMIT_S": "15",
+    "AUTOLABEL_LEASE_S": "4",
+    "AUTOLABEL_MAX_DELIVERIES": str(MAX_DELIVERIES),
+    "AUTOLABEL_BATCH_SIZE": "4",
+}
+
+
+@dataclass
+class Tally:
+    expected: int
+    labeled: int
+    failed: int
+    duplicated: int
+    lost: int
+
+
+class Pool:
+    """`autolabel worker` with PROCESSES CPU processes, and the ways to hurt them."""
+
+    def __init__(self, stack: DevStack, configs_dir: Path, log_path: Path) -> None:
+        self.stack, self.port, self.log_path = stack, free_port(), log_path
+        self.redis = redis_lib.Redis.from_url(stack.settings().broker_url, decode_responses=True)
+        env = stack.subprocess_env(AUTOLABEL_CONFIGS_DIR=str(configs_dir), **WORKER_ENV)
+        self.log = log_path.open("wb")
+        self.launcher = subprocess.Popen(
+            [str(BIN / "autolabel"), "worker", "--devices", "cpu", "--procs-per-device", str(PROCESSES),
+             "--threads", "4", "--health-port", str(self.port), "--shutdown-timeout", "60"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def status(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ready", timeout=2) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        if self.launcher.poll() is not None:
+            raise RuntimeError(f"the worker pool exited; see {self.log_path}")
+        wait_until(lambda: self.status()[0] == 200, "every worker process warmed up", timeout)
+
+    def pids(self) -> set[int]:
+        return {process["pid"] for process in self.status()[1]["processes"]}
+
+    def busy_pids(self) -> set[int]:
+        """Worker processes holding a task's lease right now: each is in the middle of a batch."""
+        holders = set()
+        for key in self.redis.scan_iter(Deliveries.lease_key("*")):
+            token = self.redis.get(key)
+            if token and not key.startswith(Deliveries.lease_key("finalize:")):
+                holders.add(Deliveries.holder_pid(token))
+        return holders & self.pids()
+
+    def kill_busy(self, sig: signal.Signals, rng: random.Random, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while not (busy := sorted(self.busy_pids())):
+            if time.monotonic() > deadline:
+                raise AssertionError("no worker process was in the middle of a batch")
+            time.sleep(0.02)
+        victim = rng.choice(busy)
+        os.kill(victim, sig)
+        return victim
+
+    def stop(self) -> None:
+        self.launcher.send_signal(signal.SIGTERM)
+        try:
+            self.launcher.wait(90)
+        except subprocess.TimeoutExpired:
+            self.launcher.kill()
+            self.launcher.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    # Its own services: the scenarios restart and pause them.
+    with DevStack(workdir=tmp_path_factory.mktemp("fault-services")) as started:
+        assert "--appendonly" in started.redis.argv and "yes" in started.redis.argv
+        yield started
+
+
+@pytest.fixture(scope="module")
+def configs_dir(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    text = (repo_root / "configs" / f"{MODEL}.py").read_text()
+    assert "width=1280, height=720" in text
+    out = tmp_path_factory.mktemp("configs")
+    (out / f"{MODEL}.py").write_text(text.replace("width=1280, height=720", "width=320, height=192"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pool(stack: DevStack, configs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    started = Pool(stack, configs_dir, tmp_path_factory.mktemp("pool") / "pool.log")
+    try:
+        started.wait_ready()
+        yield started
+    finally:
+        started.stop()
+        print(started.log_path.read_text(errors="replace")[-4000:])
+
+
+@pytest.fixture(scope="module")
+def frame_keys(stack: DevStack) -> list[str]:
+    """40 distinct 320x180 synthetic frames; jobs point their frames at these objects in turn."""
+    store = ObjectStore.from_settings(stack.settings())
+    keys = []
+    for frame in render_frames(320, 180, 40, seed=4242):
+        key = f"fault/frames/{frame.index:03d}.jpg"
+        store.put_bytes(key, encode_jpeg(Image.fromarray(frame.image)), "image/jpeg")
+        keys.append(key)
+    return keys
+
+
+@pytest.fixture
+def client(stack: DevStack) -> LabelingClient:
+    return LabelingClient(stack.settings())
+
+
+def job_frames(keys: list[str], count: int) -> list[FrameRef]:
+    return [FrameRef(frame_id=f"{i:05d}", key=keys[i % len(keys)], index=i) for i in range(count)]
+
+
+def lost_deliveries(client: LabelingClient) -> dict[str, int]:
+    """Per task id, deliveries that started and never ended (the counts the workers keep)."""
+    redis = client.progress.redis
+    return {key.rsplit(":", 1)[1]: int(redis.get(key) or 0) for key in redis.scan_iter(Deliveries.count_key("*"))}
+
+
+def wait_for_progress(client: LabelingClient, job_id: str, share: float, timeout: float = 300) -> None:
+    """Until ``share`` of the job's frames are finished: the fault lands in the middle of the job."""
+    wait_until(lambda: (s := client.status(job_id)).finished >= share * s.total, f"{share:.0%} of {job_id}", timeout)
+
+
+def tally(store: ObjectStore, job_id: str, frames: list[FrameRef]) -> tuple[Tally, Summary]:
+    """Count the final exports; fails on anything that is neither labeled once nor failed with a reason."""
+    coco = CocoFile.model_validate(store.get_json(layout.export_key(job_id, "coco.json")))
+    studio = [LabelStudioTask.model_validate(t) for t in store.get_json(layout.export_key(job_id, "labelstudio.json"))]
+    summary = Summary.model_validate(store.get_json(layout.export_key(job_id, "summary.json")))
+    image_ids = [image.id for image in coco.images]
+    assert len(set(image_ids)) == len(image_ids), "COCO image ids repeat"
+    assert {a.image_id for a in coco.annotations} <= set(image_ids)
+    labeled = [image.frame_id for image in coco.images]
+    assert sorted(str(t.data["frame_id"]) for t in studio) == sorted(labeled)
+    failed = {f.frame_id: f.reason for f in summary.failed_frames}
+    assert all(reason.strip() for reason in failed.values())
+    assert not set(labeled) & set(failed), "a frame is both labeled and failed"
+    expected = {f.frame_id for f in frames}
+    lost = expected - set(labeled) - set(failed)
+    assert sorted(summary.missing_frames) == sorted(lost)
+    return Tally(len(expected), len(set(labeled)), len(failed), len(labeled) - len(set(labeled)), len(lost)), summary
+
+
+def report(capsys: pytest.CaptureFixture[str], scenario: str, counts: Tally, seconds: float, note: str = "") -> None:
+    with capsys.disabled():
+        print(f"\n[fault] {scenario:<44} frames expected {counts.expected:>5} / labeled {counts.labeled:>5} / "
+              f"duplicated {counts.duplicated} / failed {counts.failed} / lost {counts.lost}  "
+              f"({seconds:.0f} s{', ' + note if note else ''})")
+
+
+def run_scenario(client: LabelingClient, pool: Pool, job_id: str, frames: list[FrameRef],
+                 fault: Callable[[], str], *, at: float = 0.25, timeout: float = 300) -> tuple[Tally, Summary, str]:
+    pool.wait_ready()
+    client.submit_frames(frames, job_id=job_id, model=MODEL, batch_size=4)
+    wait_for_progress(client, job_id, at)
+    note = fault()
+    status = client.wait(job_id, timeout=timeout)
+    assert status.state == JobState.DONE
+    counts, summary = tally(client.store, job_id, frames)
+    assert counts.lost == 0 and counts.duplicated == 0
+    return counts, summary, note
+
+
+def test_sigkill_of_a_worker_mid_batch(client: LabelingClient, pool: Pool, frame_keys: list[str],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    frames, before, started = job_frames(frame_keys, 240), lost_deliveries(client), time.monotonic()
+    rng = random.Random(1)
+    counts, _, note = run_scenario(client, pool, "fault-sigkill", frames,
+                                   lambda: f"killed pid {pool.kill_busy(signal.SIGKILL, rng)}")
+    lost = {task: n for task, n in lost_deliveries(client).items() if n > before.get(task, 0)}
+    # The killed process held at least one task whose delivery never ended; it was delivered again.
+    assert lost, "the SIGKILL hit no task in flight"
+    assert counts.failed == 0
+    report(capsys, "SIGKILL mid-batch", counts, time.monotonic() - started, f"{note}, {len(lost)} deliveries lost")
+
+
+def test_sigterm_of_a_worker_mid_batch(client: LabelingClient, pool: Pool, frame_keys: list[str],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    frames, before, started = job_frames(frame_keys, 240), lost_deliveries(client), time.monotonic()
+    rng = random.Random(2)
+    counts, _, note = run_scenario(client, pool, "fault-sigterm", frames,
+                                   lambda: f"SIGTERM to pid {pool.kill_busy(signal.SIGTERM, rng)}")
+    # Warm shutdown: the batches in hand were finished and acknowledged, none was abandoned.
+    assert {task: n for task, n in lost_deliveries(client).items() if n > before.get(task, 0)} == {}
+    assert counts.failed == 0
+    report(capsys, "SIGTERM mid-batch", counts, time.monotonic() - started, note)
+
+
+def test_redis_restart_mid_job(stack: DevStack, client: LabelingClient, pool: Pool, frame_keys: list[str],
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    frames, started = job_frames(frame_keys, 240), time.monotonic()
+
+    def restart() -> str:
+        pid = stack.redis.process.pid
+        stack.redis.stop()  # SIGTERM: redis-server writes its AOF and exits
+        time.sleep(3)
+        stack.redis.start()
+        return f"redis-server pid {pid} down 3 s, AOF reloaded"
+
+    counts, _, note = run_scenario(client, pool, "fault-redis-restart", frames, restart)
+    assert counts.failed == 0
+    report(capsys, "redis-server restarted (AOF) mid-job", counts, time.monotonic() - started, note)
+
+
+def test_object_store_unavailable_for_20_s(stack: DevStack, client: LabelingClient, pool: Pool,
+                                           frame_keys: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    frames, started = job_frames(frame_keys, 240), time.monotonic()
+
+    def pause() -> str:
+        process = stack.s3.process
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            paused_at = client.status("fault-s3-outage").finished
+            time.sleep(20)
+            # Nothing could be written meanwhile: the outage was real.
+            assert client.status("fault-s3-outage").finished - paused_at <= PROCESSES * 4 * 4
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        return "S3 server SIGSTOPped for 20 s"
+
+    counts, _, note = run_scenario(client, pool, "fault-s3-outage", frames, pause, timeout=400)
+    assert counts.failed == 0
+    report(capsys, "object store unavailable 20 s", counts, time.monotonic() - started, note)
+
+
+def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: LabelingClient, pool: Pool,
+                                                frame_keys: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Frames the decoder fails on every time end in the failed list; a task whose deliveries all
+    died ends in the dead-letter record; the rest of the job completes."""
+    started, job_id = time.monotonic(), "fault-poison"
+    store = client.store
+    good = job_frames(frame_keys, 60)
+    store.put_bytes("fault/poison/truncated.jpg", store.get_bytes(frame_keys[0])[:300], "image/jpeg")
+    store.put_bytes("fault/poison/garbage.jpg", bytes(random.Random(3).randbytes(5000)), "image/jpeg")
+    store.put_bytes("fault/poison/empty.jpg", b"", "image/jpeg")
+    poison = [FrameRef(frame_id="poison-truncated", key="fault/poison/truncated.jpg"),
+              FrameRef(frame_id="poison-garbage", key="fault/poison/garbage.jpg"),
+              FrameRef(frame_id="poison-empty", key="fault/poison/empty.jpg"),
+              FrameRef(frame_id="poison-missing", key="fault/poison/never-uploaded.jpg")]
+    doomed = [FrameRef(frame_id=f"doomed-{i}", key=frame_keys[i]) for i in range(4)]
+    spec = JobSpec(job_id=job_id, source="frames", options=DetectOptions(model=MODEL), batch_size=4)
+    pool.wait_ready()
+    # Killing a worker three times on one particular task cannot be aimed from outside; the
+    # doomed task starts where three killed deliveries leave its count.
+    doomed_task = "doomed-task-0001"
+    for _ in range(MAX_DELIVERIES):
+        client.progress.redis.incr(Deliveries.count_key(doomed_task))
+    frames = good + poison + doomed
+    # start_job, with the doomed frames sent as a task of their own under a known id.
+    store.put_json(layout.manifest_key(job_id), JobManifest(spec=spec, frames=tuple(frames)))
+    client.progress.register(job_id, total=len(frames), model=MODEL, source="frames")
+    enqueue_frames(client.celery, spec, good + poison)
+    client.celery.send_task(TASK_DETECT, task_id=doomed_task, queue=queue_for(MODEL),
+                            kwargs=DetectTask(job_id=job_id, options=spec.options, frames=doomed).model_dump(mode="json"))
+
+    status = client.wait(job_id, timeout=300)
+    assert status.state == JobState.DONE
+    counts, summary = tally(store, job_id, frames)
+    assert counts.lost == 0 and counts.duplicated == 0
+    failed = {f.frame_id: f.reason for f in summary.failed_frames}
+    assert set(failed) == {f.frame_id for f in poison + doomed}
+    assert "FrameError" in failed["poison-truncated"] and "FrameError" in failed["poison-garbage"]
+    assert "empty (0 bytes)" in failed["poison-empty"] and "does not exist" in failed["poison-missing"]
+    assert failed["doomed-0"] == f"dead-lettered after {MAX_DELIVERIES} lost deliveries"
+    assert [(d.task_id, d.frame_ids) for d in summary.dead_letters] == [(doomed_task, [f.frame_id for f in doomed])]
+    shown = subprocess.run([str(BIN / "autolabel"), "status", job_id], env=stack.subprocess_env(),
+                           capture_output=True, text=True, check=True).stdout
+    assert f"dead letter: task {doomed_task} after {MAX_DELIVERIES} lost deliveries" in shown
+    assert "failed poison-garbage: FrameError" in shown
+    report(capsys, "poison frames + dead-lettered task", counts, time.monotonic() - started,
+           f"{len(poison)} poison, {len(doomed)} dead-lettered")
+
+
+def test_bad_messages_are_refused_and_the_workers_go_on(client: LabelingClient, pool: Pool,
+                                                        frame_keys: list[str]) -> None:
+    """Malformed payloads are rejected (not retried), pickled and unknown content is never decoded;
+    no worker process dies, nothing stays queued, and the next job completes."""
+    pool.wait_ready()
+    pids, queue = pool.pids(), queue_for(MODEL)
+    malformed = [
+        {"job_id": "../etc", "options": {"model": MODEL}, "frames": [{"frame_id": "a", "key": "jobs/x/a.jpg"}]},
+        {"job_id": "j", "options": {"model": MODEL}, "frames": [{"frame_id": "a", "key": "/etc/passwd"}]},
+        {"job_id": "j", "options": "fast", "frames": "all"},
+        {"job_id": "j", "options": {"model": MODEL}, "frames": [{"frame_id": f"{i}", "key": "k"} for i in range(65)]},
+    ]
+    for payload in malformed:
+        client.celery.send_task(TASK_DETECT, kwargs=payload, queue=queue)
+    with client.celery.connection_for_write() as connection:
+        producer = connection.Producer()
+        # Protocol-2 bodies a worker would run if it decoded them: pickle is how a deserialization exploit arrives.
+        producer.publish(((), {"job_id": "pickled"}, {}), serializer="pickle", routing_key=queue,
+                         headers={"task": TASK_DETECT, "id": "pickled-message"})
+        producer.publish(b"job_id: yaml", content_type="application/x-yaml", content_encoding="utf-8",
+                         routing_key=queue, headers={"task": TASK_DETECT, "id": "yaml-message"})
+
+    job_id, frames = "fault-after-bad-messages", job_frames(frame_keys, 8)
+    client.submit_frames(frames, job_id=job_id, model=MODEL, batch_size=4)
+    assert client.wait(job_id, timeout=120).done == len(frames)
+
+    def refused() -> bool:
+        log = pool.log_path.read_text(errors="replace")
+        return (log.count("rejecting malformed message") >= len(malformed)
+                and "Refusing to deserialize untrusted content of type pickle" in log
+                and "Refusing to deserialize untrusted content of type yaml" in log)
+
+    wait_until(refused, "the workers to refuse every bad message", 30)
+    assert pool.pids() == pids, "a bad message took a worker process down"
+    redis = client.progress.redis
+    wait_until(lambda: redis.hlen("unacked") == 0, "no message left unacknowledged", 30)
+    assert sum(redis.llen(key) for key in redis.scan_iter(f"{queue}*") if redis.type(key) == "list") == 0
+
+
+def test_redis_password_and_tls_urls_pass_through(tmp_path: Path) -> None:
+    password = "s3cr3t-pw"
+    port = free_port()
+    server = Service("redis-server (password)", [shutil.which("redis-server") or "redis-server", "--port", str(port),
+                     "--bind", "127.0.0.1", "--save", "", "--requirepass", password], port, tmp_path / "redis.log")
+    server.start()
+    try:
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+        progress = ProgressStore.from_url(url)
+        progress.register("pw-job", total=1, model=MODEL, source="frames")
+        assert progress.status("pw-job").total == 1
+        with pytest.raises(redis_lib.AuthenticationError):
+            ProgressStore.from_url(f"redis://127.0.0.1:{port}/0").status("pw-job")
+        app = make_celery(Settings(_env_file=None, broker_url=url))
+        app.send_task(TASK_DETECT, kwargs={"job_id": "pw-job"}, queue="pw-queue")
+        assert progress.redis.llen("pw-queue") == 1
+    finally:
+        server.stop()
+    # TLS: the URL's scheme and password reach both clients unchanged (no TLS server here to talk to).
+    tls = "rediss://:pw@cache.example:6380/0?ssl_cert_reqs=required"
+    pool_kwargs = ProgressStore.from_url(tls).redis.connection_pool
+    assert pool_kwargs.connection_class is redis_lib.SSLConnection and pool_kwargs.connection_kwargs["password"] == "pw"
+    connection = make_celery(Settings(_env_file=None, broker_url=tls)).connection_for_write()
+    assert (connection.transport_cls, connection.password, connection.port) == ("rediss", "pw", 6380)
+
+
+def test_resubmission_and_retry_skip_results_already_made(client: LabelingClient, pool: Pool,
+                                                          frame_keys: list[str]) -> None:
+    """Re-submitting a finished job (same id) or retrying it labels nothing again: the result
+    objects keep their bytes and their write times."""
+    job_id, frames = "fault-idempotent", job_frames(frame_keys, 24)
+    pool.wait_ready()
+    client.submit_frames(frames, job_id=job_id, model=MODEL, batch_size=4)
+    assert client.wait(job_id, timeout=120).done == len(frames)
+    keys = [layout.detection_key(job_id, f.frame_id) for f in frames]
+
+    def snapshot() -> dict[str, tuple[bytes, object]]:
+        heads = {k: client.store.client.head_object(Bucket=client.store.bucket, Key=k)["LastModified"] for k in keys}
+        return {k: (client.store.get_bytes(k), heads[k]) for k in keys}
+
+    first = snapshot()
+    time.sleep(1.1)  # object times have 1 s resolution: a rewrite would show
+    client.submit_frames(frames, job_id=job_id, model=MODEL, batch_size=4)
+    status = client.wait(job_id, timeout=120)
+    assert (status.state, status.done, status.failed) == (JobState.DONE, len(frames), 0)
+    client.progress.redis.srem(f"autolabel:job:{job_id}:done", frames[0].frame_id)  # as if its record was lost
+    assert client.retry(job_id) == 1
+    assert client.wait(job_id, timeout=120).done == len(frames)
+    assert snapshot() == first
+    counts, _ = tally(client.store, job_id, frames)
+    assert (counts.labeled, counts.duplicated, counts.lost) == (len(frames), 0, 0)
+
+
+def test_2000_frames_on_3_workers_two_killed_at_random(client: LabelingClient, pool: Pool, frame_keys: list[str],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    seed = int(os.environ.get("AUTOLABEL_FAULT_SEED", time.time_ns() % 10_000))
+    rng, frames, job_id, started = random.Random(seed), job_frames(frame_keys, 2000), "fault-2000", time.monotonic()
+    pool.wait_ready()
+    client.submit_frames(frames, job_id=job_id, model=MODEL, batch_size=8)
+    victims = []
+    for moment in sorted(rng.uniform(0.05, 0.6) for _ in range(2)):
+        wait_for_progress(client, job_id, moment)
+        # Two different processes: the first victim's replacement may still be loading its model.
+        while (victim := pool.kill_busy(signal.SIGKILL, rng)) in victims:
+            time.sleep(0.1)
+        victims.append(victim)
+    status = client.wait(job_id, timeout=420)
+    assert status.state == JobState.DONE
+    counts, _ = tally(client.store, job_id, frames)
+    assert counts.lost == 0 and counts.duplicated == 0 and counts.failed == 0
+    report(capsys, f"2,000 frames, 3 workers, 2 SIGKILLs (seed {seed})", counts, time.monotonic() - started,
+           f"killed pids {victims}")
