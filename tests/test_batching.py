@@ -82,3 +82,14 @@ def test_each_frame_keeps_its_own_threshold() -> None:
     assert strict[0].result(timeout=10) == [] and len(loose[0].result(timeout=10)) == 1
     assert predict.calls[1] == [40, 40]
     batcher.close()
+
+
+def test_predict_gives_up_at_its_time_limit_and_the_batcher_goes_on() -> None:
+    # The task time limit of a threads-pool worker: the wait ends, the pass in progress does not.
+    gate = threading.Event()
+    batcher = Batcher(Recorder(gate), max_batch=4)
+    with pytest.raises(TimeoutError):
+        batcher.predict([frame(10), frame(20)], 0.0, timeout=0.2)
+    gate.set()
+    assert [d[0].score for d in batcher.predict([frame(30)], 0.0, timeout=10).results] == [0.3]
+    batcher.close()

@@ -49,7 +49,7 @@ from autolabel.settings import Settings
 from autolabel.storage import ObjectStore
 from autolabel.synth import render_frames
 from autolabel.video import encode_jpeg
-from autolabel_worker.delivery import Deliveries
+from autolabel_worker.delivery import Deliveries, LeaseBusy
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -231,6 +231,40 @@ def run_scenario(client: LabelingClient, pool: Pool, job_id: str, frames: list[F
     return counts, summary, note
 
 
+def test_a_lease_admits_one_delivery_and_lapses_when_its_holder_dies(stack: DevStack) -> None:
+    redis = redis_lib.Redis.from_url(stack.settings().broker_url, decode_responses=True)
+    deliveries = Deliveries(redis, lease_s=0.3)
+    with deliveries.lease("task-a"):
+        time.sleep(1.0)  # three lease lengths: still held, because it is renewed
+        with pytest.raises(LeaseBusy), deliveries.lease("task-a"):
+            pass
+    with deliveries.lease("task-a"):
+        pass  # released on exit
+    # A holder that died renews nothing: its lease lapses after lease_s.
+    redis.set(Deliveries.lease_key("task-b"), "host/1/dead", px=300)
+    with pytest.raises(LeaseBusy), deliveries.lease("task-b"):
+        pass
+    time.sleep(0.4)
+    with deliveries.lease("task-b"):
+        pass
+
+
+def test_only_deliveries_that_never_ended_are_counted(stack: DevStack) -> None:
+    redis = redis_lib.Redis.from_url(stack.settings().broker_url, decode_responses=True)
+    deliveries = Deliveries(redis, lease_s=5)
+    for _ in range(2):  # ended cleanly, by a return and by an exception (a retry)
+        with pytest.raises(RuntimeError), deliveries.track("task-c") as delivery:
+            assert delivery.lost == 0
+            raise RuntimeError("retry")
+    killed = deliveries.track("task-c")
+    killed.__enter__()  # entered and never left, as when its process is killed
+    with deliveries.track("task-c") as delivery:
+        assert delivery.lost == 1
+        delivery.settled = True
+    assert redis.get(Deliveries.count_key("task-c")) is None
+    del killed
+
+
 def test_sigkill_of_a_worker_mid_batch(client: LabelingClient, pool: Pool, frame_keys: list[str],
                                        capsys: pytest.CaptureFixture[str]) -> None:
     frames, before, started = job_frames(frame_keys, 240), lost_deliveries(client), time.monotonic()
@@ -339,6 +373,29 @@ def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: Labelin
     assert "failed poison-garbage: FrameError" in shown
     report(capsys, "poison frames + dead-lettered task", counts, time.monotonic() - started,
            f"{len(poison)} poison, {len(doomed)} dead-lettered")
+
+
+def test_a_delivery_of_a_running_task_waits_for_its_lease(client: LabelingClient, pool: Pool,
+                                                          frame_keys: list[str]) -> None:
+    """A message delivered again while its first delivery still runs (connection loss, visibility
+    timeout) does not run in parallel: it comes back later and finds the frames done."""
+    pool.wait_ready()
+    job_id, frames, task_id = "fault-lease", job_frames(frame_keys, 4), "lease-held-task"
+    spec = JobSpec(job_id=job_id, source="frames", options=DetectOptions(model=MODEL), batch_size=4)
+    client.store.put_json(layout.manifest_key(job_id), JobManifest(spec=spec, frames=tuple(frames)))
+    client.progress.register(job_id, total=len(frames), model=MODEL, source="frames")
+    held_log = pool.log_path.read_text(errors="replace").count(f"[{task_id}] is running elsewhere")
+    # The test holds the task's lease, as its first delivery would while running on another worker.
+    with Deliveries(client.progress.redis, lease_s=4).lease(task_id):
+        client.celery.send_task(TASK_DETECT, task_id=task_id, queue=queue_for(MODEL),
+                                kwargs=DetectTask(job_id=job_id, options=spec.options, frames=frames).model_dump(mode="json"))
+        wait_until(lambda: pool.log_path.read_text(errors="replace").count(f"[{task_id}] is running elsewhere")
+                   > held_log, "the second delivery to find the lease held", 30)
+        assert client.status(job_id).done == 0
+    status = client.wait(job_id, timeout=60)
+    assert (status.state, status.done) == (JobState.DONE, len(frames))
+    counts, _ = tally(client.store, job_id, frames)
+    assert (counts.labeled, counts.duplicated, counts.lost) == (len(frames), 0, 0)
 
 
 def test_bad_messages_are_refused_and_the_workers_go_on(client: LabelingClient, pool: Pool,

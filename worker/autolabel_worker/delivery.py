@@ -20,8 +20,9 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 # A delivery count outlives any redelivery of its message, and then expires.
 COUNT_TTL_S = 7 * 24 * 3600
+# Ending a delivery and releasing a lease wait out a Redis restart of several seconds. Giving up
+# leaves the count one too high (the task is dead-lettered one lost delivery early) or the lease
+# to lapse on its own; nothing worse.
+SETTLE_DELAYS_S = (0.25, 0.5, 1, 2, 4)
 
 # KEYS: lease. ARGV: token, lease in ms. Extends the lease only if this delivery still holds it.
 _RENEW = """
@@ -102,10 +107,7 @@ class Deliveries:
         finally:
             stop.set()
             renewer.join()
-            try:
-                self._release(keys=[key], args=[token])
-            except redis.RedisError:
-                log.warning("could not release lease %s; it lapses in %d ms", key, self.lease_ms)
+            _settle(f"release lease {key}", lambda: self._release(keys=[key], args=[token]))
 
     def _keep(self, key: str, token: str, stop: threading.Event) -> None:
         while not stop.wait(self.lease_ms / 3000):
@@ -128,11 +130,19 @@ class Deliveries:
         try:
             yield delivery
         finally:
-            try:
-                if delivery.settled:
-                    self.redis.delete(key)
-                else:
-                    self._end(keys=[key])
-            except redis.RedisError:
-                # The count stays one too high: at worst this task is dead-lettered one lost delivery early.
-                log.warning("could not end delivery %s in Redis", task_id)
+            if delivery.settled:
+                _settle(f"drop delivery count {key}", lambda: self.redis.delete(key))
+            else:
+                _settle(f"end delivery {key}", lambda: self._end(keys=[key]))
+
+
+def _settle(what: str, call: Callable[[], object]) -> None:
+    for delay in (*SETTLE_DELAYS_S, None):
+        try:
+            call()
+            return
+        except redis.RedisError as exc:
+            if delay is None:
+                log.warning("could not %s in Redis: %s", what, exc)
+                return
+            time.sleep(delay)
