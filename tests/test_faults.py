@@ -112,15 +112,20 @@ class Pool:
                 holders.add(Deliveries.holder_pid(token))
         return holders & self.pids()
 
-    def kill_busy(self, sig: signal.Signals, rng: random.Random, timeout: float = 30) -> int:
+    def kill_busy(self, sig: signal.Signals, rng: random.Random, *, spare: frozenset[int] = frozenset(),
+                  timeout: float = 30) -> int:
+        """Signal a process that is in the middle of a batch (not one in ``spare``); returns its pid."""
         deadline = time.monotonic() + timeout
-        while not (busy := sorted(self.busy_pids())):
-            if time.monotonic() > deadline:
-                raise AssertionError("no worker process was in the middle of a batch")
+        while time.monotonic() < deadline:
+            if busy := sorted(self.busy_pids() - spare):
+                victim = rng.choice(busy)
+                try:
+                    os.kill(victim, sig)
+                    return victim
+                except ProcessLookupError:
+                    pass  # it died on its own meanwhile (a lease outlives its holder by up to lease_s)
             time.sleep(0.02)
-        victim = rng.choice(busy)
-        os.kill(victim, sig)
-        return victim
+        raise AssertionError("no worker process was in the middle of a batch")
 
     def stop(self) -> None:
         self.launcher.send_signal(signal.SIGTERM)
@@ -499,10 +504,7 @@ def test_2000_frames_on_3_workers_two_killed_at_random(client: LabelingClient, p
     victims = []
     for moment in sorted(rng.uniform(0.05, 0.6) for _ in range(2)):
         wait_for_progress(client, job_id, moment)
-        # Two different processes: the first victim's replacement may still be loading its model.
-        while (victim := pool.kill_busy(signal.SIGKILL, rng)) in victims:
-            time.sleep(0.1)
-        victims.append(victim)
+        victims.append(pool.kill_busy(signal.SIGKILL, rng, spare=frozenset(victims)))
     status = client.wait(job_id, timeout=420)
     assert status.state == JobState.DONE
     counts, _ = tally(client.store, job_id, frames)
