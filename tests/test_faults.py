@@ -3,7 +3,8 @@
 A real redis-server (AOF on), the real S3 server (moto's server mode) and a real
 `autolabel worker` pool of 3 processes. Each scenario submits a job, injects its fault in the
 middle of the job, waits for the job to end and checks the final exports: every frame is in
-coco.json exactly once or failed with a reason, and the COCO image ids are unique.
+coco.json exactly once or failed with a reason, the COCO image ids are unique, and the exports
+were written once.
 
 Speed on 2 cores: the workers load the embedded model's config with a 320x192 canvas instead
 of 1280x720 (a copy in a temporary AUTOLABEL_CONFIGS_DIR): same weights, same code path, a
@@ -136,6 +137,14 @@ class Pool:
             time.sleep(0.02)
         raise AssertionError("no worker process was in the middle of a batch")
 
+    def finalized(self, job_id: str) -> int:
+        """How many times the job's exports were written, by the workers' own log lines."""
+        def count() -> int:
+            return self.log_path.read_text(errors="replace").count(f"job {job_id} finalized:")
+
+        wait_until(lambda: count() >= 1, f"the log line of {job_id}'s finalize", 10)
+        return count()
+
     def stop(self) -> None:
         self.launcher.send_signal(signal.SIGTERM)
         try:
@@ -242,6 +251,7 @@ def run_scenario(client: LabelingClient, pool: Pool, job_id: str, frames: list[F
     assert status.state == JobState.DONE
     counts, summary = tally(client.store, job_id, frames)
     assert counts.lost == 0 and counts.duplicated == 0
+    assert pool.finalized(job_id) == 1
     return counts, summary, note
 
 
@@ -375,6 +385,7 @@ def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: Labelin
     assert status.state == JobState.DONE
     counts, summary = tally(store, job_id, frames)
     assert counts.lost == 0 and counts.duplicated == 0
+    assert pool.finalized(job_id) == 1
     failed = {f.frame_id: f.reason for f in summary.failed_frames}
     assert set(failed) == {f.frame_id for f in poison + doomed}
     assert "FrameError" in failed["poison-truncated"] and "FrameError" in failed["poison-garbage"]
@@ -534,5 +545,6 @@ def test_2000_frames_on_3_workers_two_killed_at_random(client: LabelingClient, p
     assert status.state == JobState.DONE
     counts, _ = tally(client.store, job_id, frames)
     assert counts.lost == 0 and counts.duplicated == 0 and counts.failed == 0
+    assert pool.finalized(job_id) == 1
     report(capsys, f"2,000 frames, 3 workers, 2 SIGKILLs (seed {seed})", counts, time.monotonic() - started,
            f"killed pids {victims}")
