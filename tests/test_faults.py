@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis as redis_lib
@@ -52,6 +53,7 @@ from autolabel.contract import (
 )
 from autolabel.celery_app import make_celery
 from autolabel.devservices import DevStack, Service, free_port, wait_until
+from autolabel.errors import StorageError
 from autolabel.exports import CocoFile, LabelStudioTask, Summary
 from autolabel.jobs import enqueue_frames
 from autolabel.progress import JobState, ProgressStore
@@ -287,6 +289,26 @@ def test_only_deliveries_that_never_ended_are_counted(stack: DevStack) -> None:
         delivery.settled = True
     assert redis.get(Deliveries.count_key("task-c")) is None
     del killed
+
+
+def test_a_task_that_fails_for_good_fails_its_frames(stack: DevStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries used up (or a bug): the frames fail with the reason and the job still completes."""
+    from autolabel_worker import tasks
+
+    progress = ProgressStore.from_url(stack.settings().broker_url)
+    progress.register("given-up", total=3, model=MODEL, source="frames")
+    progress.record("given-up", done=["a"], failed={})
+    finalizes: list[str] = []
+    # The worker's runtime would load the model; the failure handler needs only its progress store.
+    monkeypatch.setattr(tasks, "runtime", lambda: SimpleNamespace(progress=progress))
+    monkeypatch.setattr(tasks, "send_finalize", lambda job_id, model: finalizes.append(job_id))
+    payload = DetectTask(job_id="given-up", options=DetectOptions(model=MODEL),
+                         frames=[FrameRef(frame_id=f, key=f"k/{f}.jpg") for f in ("b", "c")]).model_dump(mode="json")
+    tasks.detect_frames.on_failure(StorageError("store down"), "task-9", (), payload, None)
+    reason = "gave up after 0 retries: StorageError: store down"
+    assert progress.status("given-up").failures == {"b": reason, "c": reason}
+    assert finalizes == ["given-up"]
+    tasks.detect_frames.on_failure(ValueError("x"), "task-10", (), {"job_id": "../bad"}, None)  # malformed: ignored
 
 
 def test_sigkill_of_a_worker_mid_batch(client: LabelingClient, pool: Pool, frame_keys: list[str],
