@@ -375,8 +375,8 @@ def test_object_store_unavailable_for_20_s(stack: DevStack, client: LabelingClie
 
 def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: LabelingClient, pool: Pool,
                                                 frame_keys: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """Frames the decoder fails on every time end in the failed list; a task whose deliveries all
-    died ends in the dead-letter record; the rest of the job completes."""
+    """Frames the decoder fails on every time end in the failed list; a task whose worker is
+    killed on every delivery ends in the dead-letter record; the rest of the job completes."""
     started, job_id = time.monotonic(), "fault-poison"
     store = client.store
     good = job_frames(frame_keys, 60)
@@ -387,14 +387,11 @@ def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: Labelin
               FrameRef(frame_id="poison-garbage", key="fault/poison/garbage.jpg"),
               FrameRef(frame_id="poison-empty", key="fault/poison/empty.jpg"),
               FrameRef(frame_id="poison-missing", key="fault/poison/never-uploaded.jpg")]
-    doomed = [FrameRef(frame_id=f"doomed-{i}", key=frame_keys[i]) for i in range(4)]
+    # A full task (64 frames, a few seconds) so that each of its deliveries can be caught running.
+    doomed = [FrameRef(frame_id=f"doomed-{i:02d}", key=frame_keys[i % len(frame_keys)]) for i in range(64)]
     spec = JobSpec(job_id=job_id, source="frames", options=DetectOptions(model=MODEL), batch_size=4)
     pool.wait_ready()
-    # Killing a worker three times on one particular task cannot be aimed from outside; the
-    # doomed task starts where three killed deliveries leave its count.
     doomed_task = "doomed-task-0001"
-    for _ in range(MAX_DELIVERIES):
-        client.progress.redis.incr(Deliveries.count_key(doomed_task))
     frames = good + poison + doomed
     # start_job, with the doomed frames sent as a task of their own under a known id.
     store.put_json(layout.manifest_key(job_id), JobManifest(spec=spec, frames=tuple(frames)))
@@ -402,6 +399,14 @@ def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: Labelin
     enqueue_frames(client.celery, spec, good + poison)
     client.celery.send_task(TASK_DETECT, task_id=doomed_task, queue=queue_for(MODEL),
                             kwargs=DetectTask(job_id=job_id, options=spec.options, frames=doomed).model_dump(mode="json"))
+    # Whichever process runs the doomed task dies, as if the task crashed it: its lease names it.
+    killed, token = [], None
+    for _ in range(MAX_DELIVERIES):
+        wait_until(lambda: pool.redis.get(Deliveries.lease_key(doomed_task)) not in (None, token),
+                   "the next delivery of the doomed task", 60)
+        token = pool.redis.get(Deliveries.lease_key(doomed_task))
+        killed.append(Deliveries.holder_pid(token))
+        os.kill(killed[-1], signal.SIGKILL)
 
     status = client.wait(job_id, timeout=300)
     assert status.state == JobState.DONE
@@ -412,14 +417,14 @@ def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: Labelin
     assert set(failed) == {f.frame_id for f in poison + doomed}
     assert "FrameError" in failed["poison-truncated"] and "FrameError" in failed["poison-garbage"]
     assert "empty (0 bytes)" in failed["poison-empty"] and "does not exist" in failed["poison-missing"]
-    assert failed["doomed-0"] == f"dead-lettered after {MAX_DELIVERIES} lost deliveries"
+    assert failed["doomed-00"] == f"dead-lettered after {MAX_DELIVERIES} lost deliveries"
     assert [(d.task_id, d.frame_ids) for d in summary.dead_letters] == [(doomed_task, [f.frame_id for f in doomed])]
     shown = subprocess.run([str(BIN / "autolabel"), "status", job_id], env=stack.subprocess_env(),
                            capture_output=True, text=True, check=True).stdout
     assert f"dead letter: task {doomed_task} after {MAX_DELIVERIES} lost deliveries" in shown
     assert "failed poison-garbage: FrameError" in shown
     report(capsys, "poison frames + dead-lettered task", counts, time.monotonic() - started,
-           f"{len(poison)} poison, {len(doomed)} dead-lettered")
+           f"{len(poison)} poison, {len(doomed)} dead-lettered after killing pids {killed}")
 
 
 def test_a_delivery_of_a_running_task_waits_for_its_lease(client: LabelingClient, pool: Pool,
