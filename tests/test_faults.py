@@ -248,6 +248,7 @@ def run_scenario(client: LabelingClient, pool: Pool, job_id: str, frames: list[F
     pool.wait_ready()
     client.submit_frames(frames, job_id=job_id, model=MODEL, batch_size=4)
     wait_for_progress(client, job_id, at)
+    assert client.status(job_id).finished < len(frames), "the job ended before the fault could hit it"
     note = fault()
     status = client.wait(job_id, timeout=timeout)
     assert status.state == JobState.DONE
