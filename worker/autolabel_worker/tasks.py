@@ -116,7 +116,9 @@ def detect_frames(self: Any, **payload: Any) -> dict[str, Any]:
     task = parse(DetectTask, payload)
     rt = runtime()
     try:
-        with deliveries().lease(self.request.id), deliveries().track(self.request.id) as delivery:
+        # Counted before the lease is taken: a delivery killed at any moment its lease can be seen
+        # running is a counted one. A delivery that finds the lease busy ends cleanly, uncounted.
+        with deliveries().track(self.request.id) as delivery, deliveries().lease(self.request.id):
             if delivery.lost >= rt.settings.max_deliveries:
                 # This task's deliveries keep dying with their worker (OOM, a crash in native code):
                 # stop feeding it to workers, fail its frames and keep the record.
