@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     configs_dir: str | None = Field(None, description="directory of model configs; default: the repo's configs/")
     batch_size: int = Field(4, ge=1, le=64)
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    fp16: bool = Field(False, description="fp16 autocast on CUDA (not bf16: mmcv's deformable attention has no "
+                       "bf16 kernel); ignored on CPU")
+    plugin_dirs: str = Field("", description="directories (os.pathsep-separated) put on sys.path before a model "
+                             "config is read, so its custom_imports can name modules in them")
     max_frame_pixels: int = Field(40_000_000, ge=1, description="frames larger than this are refused unread")
     frame_fetch_threads: int = Field(8, ge=1, le=64)
     ready_file: str | None = Field(None, description="a worker process writes this file once it can take work")

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -74,6 +75,13 @@ def write_ready_file(path: Path, report: WarmupReport) -> None:
     partial.rename(path)  # atomic: a probe never reads half a file
 
 
+def add_plugin_dirs(plugin_dirs: str) -> None:
+    """Put the os.pathsep-separated directories first on sys.path, for a config's ``custom_imports``."""
+    for directory in reversed([d for d in plugin_dirs.split(os.pathsep) if d]):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+
+
 @cache
 def runtime() -> Runtime:
     """Built on first use in each worker process, so the model is loaded once per process."""
@@ -81,7 +89,8 @@ def runtime() -> Runtime:
     model = resolve_model(settings)
     log.info("loading model %s (%s, checkpoint %s, version %s) on %s",
              model.name, model.config, model.checkpoint, model.version, settings.device)
-    detector = Detector.load(model.config, model.checkpoint, device=settings.device)
+    add_plugin_dirs(settings.plugin_dirs)
+    detector = Detector.load(model.config, model.checkpoint, device=settings.device, fp16=settings.fp16)
     return Runtime(
         settings=settings,
         store=ObjectStore.from_settings(settings, max_pool=max(10, settings.frame_fetch_threads * 2)),
