@@ -20,7 +20,8 @@ model = dict(
             decoder=dict(
                 num_layers=1,
                 transformerlayers=dict(
-                    attn_cfgs=[dict(type="MultiheadAttention", embed_dims=embed_dims, num_heads=4, dropout=0.0),
+                    attn_cfgs=[dict(type="MultiheadAttention", embed_dims=embed_dims, num_heads=4, attn_drop=0.0,
+                                    proj_drop=0.0),
                                deformable_attention],
                     ffn_cfgs=ffn,
                 ),

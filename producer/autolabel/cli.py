@@ -200,6 +200,51 @@ def synth(out: Path, gt_path: Path | None, width: int, height: int, fps: int, se
                f"{info.annotations} boxes in {info.ground_truth}")
 
 
+@main.command("inspect-checkpoint")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The model config the checkpoint is meant for (for example configs/co-dino-5scale-swin-l.py).")
+@click.option("--limit", type=click.IntRange(0), default=20, show_default=True, help="Keys listed per kind; 0 lists all.")
+def inspect_checkpoint(checkpoint: Path, config: Path, limit: int) -> None:
+    """Compare a checkpoint's keys with a config's model, on CPU; exit 1 if any weight the model runs
+    with is missing or of another shape."""
+    try:
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+        from mmengine.config import Config
+        from mmengine.registry import init_default_scope
+
+        from autolabel_worker.checkpoint import load_weights
+        from autolabel_worker.runtime import add_plugin_dirs
+    except ImportError as exc:
+        raise click.ClickException(f"inspect-checkpoint needs the autolabel-worker package and its ML stack ({exc}); "
+                                   "run `make setup`") from exc
+    add_plugin_dirs(get_settings().plugin_dirs)
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile(str(config))
+    init_default_scope(cfg.get("default_scope", "mmdet"))
+    model = MODELS.build(cfg.model)
+    report = load_weights(model, checkpoint, skip_prefixes=getattr(model, "inference_skip_prefixes", ()))
+    sections = [
+        ("missing (in the model, not in the checkpoint)", report.missing),
+        ("shape mismatch (checkpoint vs model)", [f"{key}: {theirs} vs {ours}" for key, theirs, ours in
+                                                  report.shape_mismatch]),
+        ("unexpected (in the checkpoint, not in the model; ignored)", report.unexpected),
+        ("skipped (parts the model does not build for inference)", report.skipped),
+    ]
+    for title, keys in sections:
+        click.echo(f"{title}: {len(keys)}")
+        for key in keys[:limit or None]:
+            click.echo(f"  {key}")
+        if limit and len(keys) > limit:
+            click.echo(f"  ... {len(keys) - limit} more")
+    total = len(model.state_dict())
+    loaded = total - len(report.missing) - len(report.shape_mismatch)
+    click.echo(f"{loaded} of {total} model tensors loaded from {checkpoint}")
+    if report.missing or report.shape_mismatch:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--devices", default="all", show_default=True, help="all, cpu, or GPU indices such as 0,1.")
 @click.option("--procs-per-device", default="auto", show_default=True,
