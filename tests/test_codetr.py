@@ -19,6 +19,7 @@ from autolabel_worker.checkpoint import load_weights
 from autolabel_worker.detector import Detector
 from autolabel_worker.models import REPO_CONFIGS_DIR
 from autolabel_worker.runtime import add_plugin_dirs
+from mmdet.structures import DetDataSample
 
 TINY = REPO_CONFIGS_DIR / "co-dino-tiny.py"
 FULL = REPO_CONFIGS_DIR / "co-dino-5scale-swin-l.py"
@@ -87,6 +88,42 @@ def test_a_mixed_size_batch_equals_one_by_one(detector: Detector) -> None:
     together = detector.predict(frames)
     for frame, batched in zip(frames, together, strict=True):
         _assert_same(batched, detector.predict([frame])[0])
+
+
+def _predict_unresized(detector: Detector, frames: list[np.ndarray]) -> list[DetDataSample]:
+    """The model's own output for frames fed at their size (no test-pipeline resize)."""
+    samples = []
+    for frame in frames:
+        height, width = frame.shape[:2]
+        samples.append(DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
+                                                   scale_factor=(1.0, 1.0))))
+    inputs = [torch.from_numpy(frame).permute(2, 0, 1).contiguous() for frame in frames]
+    with torch.no_grad():
+        return detector.model.test_step({"inputs": inputs, "data_samples": samples})
+
+
+def test_padding_never_takes_a_frames_queries(tiny_checkpoint: Path) -> None:
+    tweaked = Detector.load(TINY, tiny_checkpoint)
+    transformer = tweaked.model.query_head.transformer
+    selection = tweaked.model.query_head.cls_branches[transformer.decoder.num_layers]
+    # Make the tokens the batch pads a frame with the best-scored ones the two-stage selection
+    # sees: their encoding is LayerNorm(enc_output.bias), and a class whose weights are exactly
+    # that vector scores it highest of all unit-variance encodings.
+    with torch.no_grad():
+        transformer.enc_output_norm.weight.fill_(1.0)
+        transformer.enc_output_norm.bias.zero_()
+        selection.weight.zero_()
+        selection.bias.zero_()
+        selection.weight[0] = torch.nn.functional.layer_norm(transformer.enc_output.bias, (transformer.embed_dims,))
+    # Under 200 px both ways, no level-0 proposal of these frames falls outside (0.01, 0.99),
+    # so alone, neither has a token with the padding's score.
+    big, small = _frame(192, 160, 8), _frame(128, 96, 9)
+    batched = _predict_unresized(tweaked, [big, small])[1].pred_instances
+    alone = _predict_unresized(tweaked, [small])[0].pred_instances
+    assert len(batched) == len(alone) > 0
+    assert torch.equal(batched.labels, alone.labels)
+    assert (batched.bboxes - alone.bboxes).abs().max() < 1e-3
+    assert (batched.scores - alone.scores).abs().max() < 1e-4
 
 
 def test_boxes_come_back_in_original_pixels(detector: Detector) -> None:
