@@ -85,7 +85,8 @@ model = dict(
                 transformerlayers=dict(
                     type="DetrTransformerDecoderLayer",
                     attn_cfgs=[
-                        dict(type="MultiheadAttention", embed_dims=embed_dims, num_heads=8, attn_drop=0.0, proj_drop=0.0),
+                        dict(type="MultiheadAttention", embed_dims=embed_dims, num_heads=8, attn_drop=0.0,
+                             proj_drop=0.0),
                         deformable_attention,
                     ],
                     ffn_cfgs=ffn,

@@ -204,7 +204,8 @@ def synth(out: Path, gt_path: Path | None, width: int, height: int, fps: int, se
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The model config the checkpoint is meant for (for example configs/co-dino-5scale-swin-l.py).")
-@click.option("--limit", type=click.IntRange(0), default=20, show_default=True, help="Keys listed per kind; 0 lists all.")
+@click.option("--limit", type=click.IntRange(0), default=20, show_default=True,
+              help="Keys listed per kind; 0 lists all.")
 def inspect_checkpoint(checkpoint: Path, config: Path, limit: int) -> None:
     """Compare a checkpoint's keys with a config's model, on CPU; exit 1 if any weight the model runs
     with is missing or of another shape."""
