@@ -23,6 +23,7 @@ demo: setup services
 # Speed and efficiency ratios, measured side by side; results in bench/results/.
 bench: setup services
 	$(PY) bench/run.py
+	$(PY) bench/codetr_gpu.py || [ $$? -eq 2 ]  # Co-DETR Swin-L on CUDA; exit 2 means no GPU here
 
 # Regenerate the lock file from the current environment after changing a dependency.
 lock:
