@@ -23,7 +23,7 @@ class Recorder:
         self.calls: list[list[int]] = []
         self.gate, self.poison = gate, poison
 
-    def __call__(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection]]:
+    def predict(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection]]:
         values = [int(image[0, 0, 0]) for image in images]
         self.calls.append(values)
         if self.gate is not None:
@@ -35,7 +35,7 @@ class Recorder:
 
 def test_a_lone_frame_runs_at_once() -> None:
     predict = Recorder()
-    batcher = Batcher(predict, max_batch=8)
+    batcher = Batcher(lambda: predict, max_batch=8)
     # result(timeout) only guards against a hang: a batcher that waited to fill would never return.
     assert batcher.submit([frame(50)], 0.0)[0].result(timeout=10)[0].score == 0.5
     assert predict.calls == [[50]]
@@ -45,7 +45,7 @@ def test_a_lone_frame_runs_at_once() -> None:
 def test_backlog_forms_full_batches_across_tasks() -> None:
     gate = threading.Event()
     predict = Recorder(gate)
-    batcher = Batcher(predict, max_batch=4)
+    batcher = Batcher(lambda: predict, max_batch=4)
     first = batcher.submit([frame(1)], 0.0)
     while not predict.calls:  # the first pass is running and holds the device
         threading.Event().wait(0.01)
@@ -60,7 +60,7 @@ def test_backlog_forms_full_batches_across_tasks() -> None:
 
 def test_a_failing_frame_fails_alone() -> None:
     predict = Recorder(poison=7)
-    batcher = Batcher(predict, max_batch=4)
+    batcher = Batcher(lambda: predict, max_batch=4)
     outcome = batcher.predict([frame(5), frame(7), frame(9)], 0.0)
     assert isinstance(outcome.results[1], RuntimeError)
     assert [d.score for d in outcome.results[0]] == [0.05] and [d.score for d in outcome.results[2]] == [0.09]
@@ -71,7 +71,7 @@ def test_a_failing_frame_fails_alone() -> None:
 def test_each_frame_keeps_its_own_threshold() -> None:
     gate = threading.Event()
     predict = Recorder(gate)
-    batcher = Batcher(predict, max_batch=4)
+    batcher = Batcher(lambda: predict, max_batch=4)
     busy = batcher.submit([frame(1)], 0.0)
     while not predict.calls:
         threading.Event().wait(0.01)
@@ -87,9 +87,60 @@ def test_each_frame_keeps_its_own_threshold() -> None:
 def test_predict_gives_up_at_its_time_limit_and_the_batcher_goes_on() -> None:
     # The task time limit of a threads-pool worker: the wait ends, the pass in progress does not.
     gate = threading.Event()
-    batcher = Batcher(Recorder(gate), max_batch=4)
+    batcher = Batcher(lambda: Recorder(gate), max_batch=4)
     with pytest.raises(TimeoutError):
         batcher.predict([frame(10), frame(20)], 0.0, timeout=0.2)
     gate.set()
     assert [d[0].score for d in batcher.predict([frame(30)], 0.0, timeout=10).results] == [0.3]
+    batcher.close()
+
+
+def test_the_model_is_loaded_and_run_on_the_batchers_own_thread() -> None:
+    # Every torch op of a worker process runs on one thread (see the batching module's docstring).
+    threads: dict[str, int] = {}
+
+    class Model(Recorder):
+        def predict(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection]]:
+            threads["predict"] = threading.get_ident()
+            return super().predict(images, threshold)
+
+    def load() -> Model:
+        threads["load"] = threading.get_ident()
+        return Model()
+
+    batcher = Batcher(load, max_batch=4)
+    batcher.predict([frame(1)], 0.0)
+    threads["call"] = batcher.call(threading.get_ident)
+    assert len(set(threads.values())) == 1 and threads["load"] != threading.get_ident()
+    batcher.close()
+
+
+def test_a_model_that_fails_to_load_raises_from_the_constructor() -> None:
+    def load() -> Recorder:
+        raise FileNotFoundError("no checkpoint at /nowhere.pth")
+
+    with pytest.raises(FileNotFoundError, match="/nowhere.pth"):
+        Batcher(load, max_batch=4)
+
+
+def test_a_call_runs_after_the_frames_queued_before_it_and_before_those_after() -> None:
+    gate = threading.Event()
+    predict = Recorder(gate)
+    batcher = Batcher(lambda: predict, max_batch=8)
+    busy = batcher.submit([frame(1)], 0.0)
+    while not predict.calls:
+        threading.Event().wait(0.01)
+    before = batcher.submit([frame(2), frame(3)], 0.0)
+    seen: list[list[list[int]]] = []
+    call = threading.Thread(target=lambda: seen.append(batcher.call(lambda: [list(c) for c in predict.calls])))
+    call.start()
+    while batcher._queue.qsize() < 3:  # the call is queued behind the two frames
+        threading.Event().wait(0.01)
+    after = batcher.submit([frame(4), frame(5)], 0.0)
+    gate.set()
+    for future in busy + before + after:
+        future.result(timeout=10)
+    call.join(10)
+    assert seen == [[[1], [2, 3]]]
+    assert predict.calls == [[1], [2, 3], [4, 5]]
     batcher.close()

@@ -9,7 +9,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +46,20 @@ class Runtime:
     store: ObjectStore
     progress: ProgressStore
     model: ModelFiles
-    detector: Detector
-    batcher: Batcher
+    batcher: Batcher[Detector]
     warmup: WarmupReport | None = None
+
+    @property
+    def detector(self) -> Detector:
+        return self.batcher.model
 
     def warm_up(self) -> WarmupReport:
         """One full batch at 1280x720, so the first real batch pays no start-up cost and the
         peak device memory at the configured batch size is known."""
+        self.warmup = self.batcher.call(self._warm_up_batch)
+        return self.warmup
+
+    def _warm_up_batch(self) -> WarmupReport:
         images = [np.zeros(WARMUP_FRAME, np.uint8)] * self.settings.batch_size
         cuda = self.settings.device.startswith("cuda")
         if cuda:
@@ -64,9 +71,8 @@ class Runtime:
             peak = int(torch.cuda.max_memory_reserved())
         else:
             peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-        self.warmup = WarmupReport(os.getpid(), self.settings.device, self.model.name, self.model.version,
-                                   self.settings.batch_size, round(seconds, 3), peak)
-        return self.warmup
+        return WarmupReport(os.getpid(), self.settings.device, self.model.name, self.model.version,
+                            self.settings.batch_size, round(seconds, 3), peak)
 
 
 def write_ready_file(path: Path, report: WarmupReport) -> None:
@@ -90,12 +96,11 @@ def runtime() -> Runtime:
     log.info("loading model %s (%s, checkpoint %s, version %s) on %s",
              model.name, model.config, model.checkpoint, model.version, settings.device)
     add_plugin_dirs(settings.plugin_dirs)
-    detector = Detector.load(model.config, model.checkpoint, device=settings.device, fp16=settings.fp16)
+    load = partial(Detector.load, model.config, model.checkpoint, device=settings.device, fp16=settings.fp16)
     return Runtime(
         settings=settings,
         store=ObjectStore.from_settings(settings, max_pool=max(10, settings.frame_fetch_threads * 2)),
         progress=ProgressStore.from_url(settings.broker_url),
         model=model,
-        detector=detector,
-        batcher=Batcher(detector.predict, settings.batch_size),
+        batcher=Batcher(load, settings.batch_size),
     )
