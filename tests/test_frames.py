@@ -25,6 +25,17 @@ def test_decodes_to_bgr() -> None:
     assert red > 180 and blue < 40
 
 
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
+def test_other_colour_modes_decode_to_three_channel_bgr(mode: str) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 16), (200, 30, 10)).convert(mode).save(buffer, "JPEG" if mode == "CMYK" else "PNG")
+    image = decode_image(buffer.getvalue(), max_pixels=10_000)
+    assert image.shape == (16, 32, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
+    if mode != "L":
+        blue, _, red = image[8, 16].astype(int)
+        assert red > 150 and blue < 60
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
