@@ -63,12 +63,17 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "") -> bool:
 
     rt.progress.mark_started(job_id)
     stamp = result_stamp(rt.model.version, options)
-    skipped = already_labeled(rt.store, job_id, task.frames, stamp, rt.settings.frame_fetch_threads)
+    # The check for existing results runs beside the fetch: it matters only on a redelivery or
+    # re-submission, and waiting for it first would add a round trip to every frame's latency.
+    with ThreadPoolExecutor(max_workers=1) as side:
+        labeled = side.submit(already_labeled, rt.store, job_id, task.frames, stamp, rt.settings.frame_fetch_threads)
+        frames, failures = load_frames(rt.store, task.frames, max_pixels=rt.settings.max_frame_pixels,
+                                       threads=rt.settings.frame_fetch_threads)
+        skipped = labeled.result()
     if skipped:
         log.info("job %s: %d frames already labeled by this model version, not labeled again", job_id, len(skipped))
-    todo = [ref for ref in task.frames if ref.frame_id not in skipped]
-    frames, failures = load_frames(rt.store, todo, max_pixels=rt.settings.max_frame_pixels,
-                                   threads=rt.settings.frame_fetch_threads) if todo else ([], {})
+        frames = [frame for frame in frames if frame.ref.frame_id not in skipped]
+        failures = {frame_id: reason for frame_id, reason in failures.items() if frame_id not in skipped}
     results: list[FrameResult] = []
     if frames:
         left = rt.settings.batch_time_limit_s - (time.monotonic() - started)
