@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -59,13 +60,25 @@ def test_failures_complete_a_job_too(progress: ProgressStore) -> None:
     assert progress.status("bad").failures == {"b": "FrameError: empty"}
 
 
+def test_labeled_at_is_when_the_last_frame_was_recorded(progress: ProgressStore) -> None:
+    progress.register("timed", total=2, model="m", source="v.mp4")
+    progress.record("timed", done=["a"], failed={})
+    assert progress.status("timed").labeled_at is None
+    before = time.time()
+    progress.record("timed", done=[], failed={"b": "corrupt"})
+    labeled_at = progress.status("timed").labeled_at
+    assert labeled_at is not None and before <= labeled_at <= time.time()
+    progress.record("timed", done=["b"], failed={})  # a late redelivery does not move it
+    assert progress.status("timed").labeled_at == labeled_at
+
+
 def test_reopen_allows_a_second_finalize_after_retry(progress: ProgressStore) -> None:
     progress.register("again", total=2, model="m", source="v.mp4")
     progress.record("again", done=["a"], failed={"b": "missing"})
     progress.mark_done("again")
     progress.reopen("again", ["b"])
     status = progress.status("again")
-    assert (status.state, status.failed) == (JobState.RUNNING, 0)
+    assert (status.state, status.failed, status.labeled_at, status.finished_at) == (JobState.RUNNING, 0, None, None)
     assert progress.record("again", done=["b"], failed={}) == 1
 
 

@@ -50,6 +50,7 @@ class JobStatus(BaseModel):
     source: str
     created_at: float
     started_at: float | None = None
+    labeled_at: float | None = Field(None, description="when the last frame was labeled or failed; exports follow")
     finished_at: float | None = None
     failures: dict[str, str] = {}
     dead_letters: list[DeadLetter] = []
@@ -94,6 +95,7 @@ if state == 'queued' and #ARGV > 3 then
 end
 local finished = redis.call('SCARD', KEYS[2]) + redis.call('HLEN', KEYS[3])
 if finished < tonumber(redis.call('HGET', KEYS[1], 'total')) then return 0 end
+redis.call('HSETNX', KEYS[1], 'labeled_at', ARGV[1])
 if (state == 'running' or state == 'queued')
    and redis.call('HSETNX', KEYS[1], 'finalize_claimed', ARGV[2]) == 1 then
   redis.call('HSET', KEYS[1], 'state', 'finalizing')
@@ -194,7 +196,7 @@ class ProgressStore:
             if frame_ids:
                 pipe.hdel(failed, *frame_ids)
             pipe.delete(_dead_key(job_id))
-            pipe.hdel(job, "finalize_claimed", "finished_at")
+            pipe.hdel(job, "finalize_claimed", "labeled_at", "finished_at")
             pipe.hset(job, "state", JobState.RUNNING)
             pipe.execute()
 
@@ -213,6 +215,7 @@ class ProgressStore:
             failed=len(failures), model=fields.get("model", ""), source=fields.get("source", ""),
             created_at=float(fields["created_at"]),
             started_at=float(fields["started_at"]) if "started_at" in fields else None,
+            labeled_at=float(fields["labeled_at"]) if "labeled_at" in fields else None,
             finished_at=float(fields["finished_at"]) if "finished_at" in fields else None,
             failures=failures,
             dead_letters=sorted((DeadLetter.model_validate_json(raw) for raw in dead), key=lambda d: d.task_id),
