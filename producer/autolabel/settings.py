@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     plugin_dirs: str = Field("", description="directories (os.pathsep-separated) put on sys.path before a model "
                              "config is read, so its custom_imports can name modules in them")
     max_frame_pixels: int = Field(40_000_000, ge=1, description="frames larger than this are refused unread")
-    frame_fetch_threads: int = Field(8, ge=1, le=64)
+    frame_fetch_threads: int = Field(8, ge=1, le=64, description="concurrent frame fetches per task")
+    worker_threads: int = Field(8, ge=1, le=64, description="tasks in flight per worker process (Celery's threads "
+                                "pool); their frames share forward passes")
     ready_file: str | None = Field(None, description="a worker process writes this file once it can take work")
     # Delivery (docs/reliability.md says which failure each one addresses).
     visibility_timeout_s: int = Field(3600, ge=2, description="Redis redelivers an unacknowledged message after this")

@@ -121,7 +121,6 @@ class WorkerPool:
     settings: Settings
     devices: list[str]
     procs_per_device: int | None  # None: auto
-    threads: int
     queues: list[str]
     loglevel: str = "INFO"
     run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="autolabel-pool-")))
@@ -142,9 +141,10 @@ class WorkerPool:
             env["CUDA_VISIBLE_DEVICES"] = device
             env["AUTOLABEL_DEVICE"] = "cuda:0"
         env["AUTOLABEL_BATCH_SIZE"] = str(self.settings.batch_size)
+        env["AUTOLABEL_WORKER_THREADS"] = str(self.settings.worker_threads)
         env["AUTOLABEL_READY_FILE"] = str(ready)
         argv = [sys.executable, "-m", "celery", "-A", "autolabel_worker.app", "worker", "--pool", "threads",
-                "--concurrency", str(self.threads), "--queues", ",".join(self.queues), "--hostname", name,
+                "--concurrency", str(self.settings.worker_threads), "--queues", ",".join(self.queues), "--hostname", name,
                 "--loglevel", self.loglevel, "--task-events", "--without-gossip", "--without-mingle"]
         return Child(name, device, env, argv, ready)
 
@@ -239,12 +239,12 @@ def serve_health(pool: WorkerPool, port: int) -> ThreadingHTTPServer:
     return server
 
 
-def run_pool(settings: Settings, *, devices: str, procs_per_device: str, threads: int, queues: list[str] | None,
+def run_pool(settings: Settings, *, devices: str, procs_per_device: str, queues: list[str] | None,
              health_port: int, loglevel: str, shutdown_timeout: float) -> None:
     logging.basicConfig(level=loglevel, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     pool = WorkerPool(settings=settings, devices=parse_devices(devices, detect_gpus()),
                       procs_per_device=None if procs_per_device == "auto" else int(procs_per_device),
-                      threads=threads, queues=queues or [queue_for(settings.model)], loglevel=loglevel)
+                      queues=queues or [queue_for(settings.model)], loglevel=loglevel)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: finishing the batches in hand", signum)

@@ -99,7 +99,8 @@ def runtime() -> Runtime:
     load = partial(Detector.load, model.config, model.checkpoint, device=settings.device, fp16=settings.fp16)
     return Runtime(
         settings=settings,
-        store=ObjectStore.from_settings(settings, max_pool=max(10, settings.frame_fetch_threads * 2)),
+        # Each task in flight fetches its frames and checks for existing results at once.
+        store=ObjectStore.from_settings(settings, max_pool=settings.worker_threads * settings.frame_fetch_threads * 2),
         progress=ProgressStore.from_url(settings.broker_url),
         model=model,
         batcher=Batcher(load, settings.batch_size),
