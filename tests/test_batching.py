@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -33,6 +34,17 @@ class Recorder:
         return [[Detection(box=(0, 0, 1, 1), score=v / 100, class_id=0, class_name="x")] for v in values]
 
 
+def busy_batcher(max_batch: int) -> tuple[Batcher[Recorder], Recorder, threading.Event, list[Future[list[Detection]]]]:
+    """A batcher whose first pass (frame 1) is running and holds the device until the gate is set."""
+    gate = threading.Event()
+    predict = Recorder(gate)
+    batcher = Batcher(lambda: predict, max_batch=max_batch)
+    busy = batcher.submit([frame(1)], 0.0)
+    while not predict.calls:
+        threading.Event().wait(0.01)
+    return batcher, predict, gate, busy
+
+
 def test_a_lone_frame_runs_at_once() -> None:
     predict = Recorder()
     batcher = Batcher(lambda: predict, max_batch=8)
@@ -43,12 +55,7 @@ def test_a_lone_frame_runs_at_once() -> None:
 
 
 def test_backlog_forms_full_batches_across_tasks() -> None:
-    gate = threading.Event()
-    predict = Recorder(gate)
-    batcher = Batcher(lambda: predict, max_batch=4)
-    first = batcher.submit([frame(1)], 0.0)
-    while not predict.calls:  # the first pass is running and holds the device
-        threading.Event().wait(0.01)
+    batcher, predict, gate, first = busy_batcher(max_batch=4)
     # Ten single-frame tasks arrive while the device is busy.
     waiting = [batcher.submit([frame(10 + i)], 0.0)[0] for i in range(10)]
     gate.set()
@@ -69,12 +76,7 @@ def test_a_failing_frame_fails_alone() -> None:
 
 
 def test_each_frame_keeps_its_own_threshold() -> None:
-    gate = threading.Event()
-    predict = Recorder(gate)
-    batcher = Batcher(lambda: predict, max_batch=4)
-    busy = batcher.submit([frame(1)], 0.0)
-    while not predict.calls:
-        threading.Event().wait(0.01)
+    batcher, predict, gate, busy = busy_batcher(max_batch=4)
     strict = batcher.submit([frame(40)], 0.5)
     loose = batcher.submit([frame(40)], 0.3)
     gate.set()
@@ -124,12 +126,7 @@ def test_a_model_that_fails_to_load_raises_from_the_constructor() -> None:
 
 
 def test_a_call_runs_after_the_frames_queued_before_it_and_before_those_after() -> None:
-    gate = threading.Event()
-    predict = Recorder(gate)
-    batcher = Batcher(lambda: predict, max_batch=8)
-    busy = batcher.submit([frame(1)], 0.0)
-    while not predict.calls:
-        threading.Event().wait(0.01)
+    batcher, predict, gate, busy = busy_batcher(max_batch=8)
     before = batcher.submit([frame(2), frame(3)], 0.0)
     seen: list[list[list[int]]] = []
     call = threading.Thread(target=lambda: seen.append(batcher.call(lambda: [list(c) for c in predict.calls])))
