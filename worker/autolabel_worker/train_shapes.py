@@ -145,7 +145,7 @@ def train(config: Path, steps: int, batch_size: int, crop: int, lr: float, seed:
             # training ends on time and still with its learning rate decayed.
             step = max(step, int(steps * elapsed / (60 * minutes)))
         if step % 50 == 0 or step >= steps - 1:
-            print(f"step {step}/{steps} loss {float(loss):.3f} "
+            print(f"step {step}/{steps} loss {loss.item():.3f} "
                   + " ".join(f"{k} {float(v):.3f}" for k, v in log_vars.items() if k != "loss")
                   + f" ({elapsed / 60:.1f} min)", flush=True)
         step += 1
