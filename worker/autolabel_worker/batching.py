@@ -30,7 +30,6 @@ from autolabel.detections import Detection
 log = logging.getLogger(__name__)
 
 
-
 class Predictor(Protocol):
     def predict(self, images: Sequence[np.ndarray], score_threshold: float) -> list[list[Detection]]: ...
 
