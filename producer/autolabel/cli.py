@@ -210,22 +210,15 @@ def inspect_checkpoint(checkpoint: Path, config: Path, limit: int) -> None:
     """Compare a checkpoint's keys with a config's model, on CPU; exit 1 if any weight the model runs
     with is missing or of another shape."""
     try:
-        from mmdet.registry import MODELS
-        from mmdet.utils import register_all_modules
-        from mmengine.config import Config
-        from mmengine.registry import init_default_scope
-
         from autolabel_worker.checkpoint import load_weights
+        from autolabel_worker.detector import build_model
         from autolabel_worker.runtime import add_plugin_dirs
     except ImportError as exc:
         raise click.ClickException(f"inspect-checkpoint needs the autolabel-worker package and its ML stack ({exc}); "
                                    "run `make setup`") from exc
     add_plugin_dirs(get_settings().plugin_dirs)
-    register_all_modules(init_default_scope=False)
-    cfg = Config.fromfile(str(config))
-    init_default_scope(cfg.get("default_scope", "mmdet"))
-    model = MODELS.build(cfg.model)
-    report = load_weights(model, checkpoint, skip_prefixes=getattr(model, "inference_skip_prefixes", ()))
+    model, _ = build_model(config)
+    report = load_weights(model, checkpoint)
     sections = [
         ("missing (in the model, not in the checkpoint)", report.missing),
         ("shape mismatch (checkpoint vs model)", [f"{key}: {theirs} vs {ours}" for key, theirs, ours in

@@ -86,15 +86,18 @@ def state_dict_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def load_weights(
-    model: torch.nn.Module, path: str | Path, *, skip_prefixes: Iterable[str] = ()
+    model: torch.nn.Module, path: str | Path, *, skip_prefixes: Iterable[str] | None = None
 ) -> LoadReport:
     """Load a checkpoint's weights into ``model`` and report every key that did not fit.
 
-    Keys under ``skip_prefixes`` are parts of the checkpoint the model deliberately does
-    not build (for example training-only auxiliary heads); they are listed, not loaded.
+    Keys under ``skip_prefixes`` (by default the model's own ``inference_skip_prefixes``) are
+    parts of the checkpoint the model deliberately does not build (for example training-only
+    auxiliary heads); they are listed, not loaded.
     """
     checkpoint = load_checkpoint(path)
     state = state_dict_of(checkpoint)
+    if skip_prefixes is None:
+        skip_prefixes = getattr(model, "inference_skip_prefixes", ())
     prefixes = tuple(skip_prefixes)
     report = LoadReport(meta=dict(checkpoint.get("meta") or {}))
     own = model.state_dict()

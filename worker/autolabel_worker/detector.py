@@ -52,6 +52,17 @@ def _classes(cfg: Config, meta: dict[str, Any]) -> tuple[str, ...]:
     raise ConfigError("neither the checkpoint's dataset_meta nor the config's metainfo names the classes")
 
 
+def build_model(config: str | Path) -> tuple[torch.nn.Module, Config]:
+    """The config's model with its initial weights (honouring ``custom_imports``), and the config."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile(str(config))
+    init_default_scope(cfg.get("default_scope", "mmdet"))
+    return revert_sync_batchnorm(MODELS.build(cfg.model)), cfg
+
+
 class Detector:
     """An mmdet model in eval mode with its test pipeline and class names."""
 
@@ -65,23 +76,17 @@ class Detector:
     @classmethod
     def load(cls, config: str | Path, checkpoint: str | Path | None, *, device: str = "cpu",
              fp16: bool = False) -> Detector:
-        """Build the config's model (honouring ``custom_imports``) and load the checkpoint.
+        """Build the config's model and load the checkpoint.
 
         A checkpoint that leaves weights missing or of the wrong shape is refused: serving a
         half-loaded model would label every frame wrongly. ``checkpoint=None`` keeps the
         random initial weights (tests and benchmarks only).
         """
-        from mmdet.registry import MODELS
-        from mmdet.utils import register_all_modules
-
-        register_all_modules(init_default_scope=False)
-        cfg = Config.fromfile(str(config))
-        init_default_scope(cfg.get("default_scope", "mmdet"))
-        model = revert_sync_batchnorm(MODELS.build(cfg.model))
+        model, cfg = build_model(config)
         report = None
         meta: dict[str, Any] = {}
         if checkpoint is not None:
-            report = load_weights(model, checkpoint, skip_prefixes=getattr(model, "inference_skip_prefixes", ()))
+            report = load_weights(model, checkpoint)
             if report.missing or report.shape_mismatch:
                 raise CheckpointError(
                     f"{checkpoint} does not fit {config}: {len(report.missing)} missing keys "
