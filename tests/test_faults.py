@@ -20,24 +20,31 @@ time out or wait), and it comes back with its data.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import redis as redis_lib
 from PIL import Image
+from workerpool import (
+    BIN,
+    MAX_DELIVERIES,
+    MODEL,
+    PROCESSES,
+    Pool,
+    Tally,
+    job_frames,
+    small_canvas_configs,
+    tally,
+    wait_for_progress,
+)
 
 from autolabel import layout
 from autolabel.client import LabelingClient
@@ -54,7 +61,7 @@ from autolabel.contract import (
 from autolabel.celery_app import make_celery
 from autolabel.devservices import DevStack, Service, free_port, wait_until
 from autolabel.errors import StorageError
-from autolabel.exports import CocoFile, LabelStudioTask, Summary
+from autolabel.exports import Summary
 from autolabel.jobs import enqueue_frames
 from autolabel.progress import JobState, ProgressStore
 from autolabel.settings import Settings
@@ -64,97 +71,6 @@ from autolabel.video import encode_jpeg
 from autolabel_worker.delivery import Deliveries, LeaseBusy
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
-
-BIN = Path(sys.executable).parent
-MODEL = "shapes-rtmdet-tiny"
-PROCESSES = 3
-MAX_DELIVERIES = 3
-WORKER_ENV = {
-    "AUTOLABEL_VISIBILITY_TIMEOUT_S": "20",
-    "AUTOLABEL_BATCH_TIME_LIMIT_S": "15",
-    "AUTOLABEL_LEASE_S": "4",
-    "AUTOLABEL_MAX_DELIVERIES": str(MAX_DELIVERIES),
-    "AUTOLABEL_BATCH_SIZE": "4",
-}
-
-
-@dataclass
-class Tally:
-    expected: int
-    labeled: int
-    failed: int
-    duplicated: int
-    lost: int
-
-
-class Pool:
-    """`autolabel worker` with PROCESSES CPU processes, and the ways to hurt them."""
-
-    def __init__(self, stack: DevStack, configs_dir: Path, log_path: Path) -> None:
-        self.stack, self.port, self.log_path = stack, free_port(), log_path
-        self.redis = redis_lib.Redis.from_url(stack.settings().broker_url, decode_responses=True)
-        env = stack.subprocess_env(AUTOLABEL_CONFIGS_DIR=str(configs_dir), **WORKER_ENV)
-        self.log = log_path.open("wb")
-        self.launcher = subprocess.Popen(
-            [str(BIN / "autolabel"), "worker", "--devices", "cpu", "--procs-per-device", str(PROCESSES),
-             "--threads", "4", "--health-port", str(self.port), "--shutdown-timeout", "60"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def status(self) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ready", timeout=2) as response:
-                return response.status, json.load(response)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        if self.launcher.poll() is not None:
-            raise RuntimeError(f"the worker pool exited; see {self.log_path}")
-        wait_until(lambda: self.status()[0] == 200, "every worker process warmed up", timeout)
-
-    def pids(self) -> set[int]:
-        return {process["pid"] for process in self.status()[1]["processes"]}
-
-    def busy_pids(self) -> set[int]:
-        """Worker processes holding a task's lease right now: each is in the middle of a batch."""
-        holders = set()
-        for key in self.redis.scan_iter(Deliveries.lease_key("*")):
-            token = self.redis.get(key)
-            if token and not key.startswith(Deliveries.lease_key("finalize:")):
-                holders.add(Deliveries.holder_pid(token))
-        return holders & self.pids()
-
-    def kill_busy(self, sig: signal.Signals, rng: random.Random, *, spare: frozenset[int] = frozenset(),
-                  timeout: float = 30) -> int:
-        """Signal a process that is in the middle of a batch (not one in ``spare``); returns its pid."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if busy := sorted(self.busy_pids() - spare):
-                victim = rng.choice(busy)
-                try:
-                    os.kill(victim, sig)
-                    return victim
-                except ProcessLookupError:
-                    pass  # it died on its own meanwhile (a lease outlives its holder by up to lease_s)
-            time.sleep(0.02)
-        raise AssertionError("no worker process was in the middle of a batch")
-
-    def finalized(self, job_id: str) -> int:
-        """How many times the job's exports were written, by the workers' own log lines."""
-        def count() -> int:
-            return self.log_path.read_text(errors="replace").count(f"job {job_id} finalized:")
-
-        wait_until(lambda: count() >= 1, f"the log line of {job_id}'s finalize", 10)
-        return count()
-
-    def stop(self) -> None:
-        self.launcher.send_signal(signal.SIGTERM)
-        try:
-            self.launcher.wait(90)
-        except subprocess.TimeoutExpired:
-            self.launcher.kill()
-            self.launcher.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +83,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 
 @pytest.fixture(scope="module")
 def configs_dir(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    text = (repo_root / "configs" / f"{MODEL}.py").read_text()
-    assert "width=1280, height=720" in text
-    out = tmp_path_factory.mktemp("configs")
-    (out / f"{MODEL}.py").write_text(text.replace("width=1280, height=720", "width=320, height=192"))
-    return out
+    return small_canvas_configs(repo_root, tmp_path_factory.mktemp("configs"))
 
 
 @pytest.fixture(scope="module")
@@ -202,38 +114,10 @@ def client(stack: DevStack) -> LabelingClient:
     return LabelingClient(stack.settings())
 
 
-def job_frames(keys: list[str], count: int) -> list[FrameRef]:
-    return [FrameRef(frame_id=f"{i:05d}", key=keys[i % len(keys)], index=i) for i in range(count)]
-
-
 def lost_deliveries(client: LabelingClient) -> dict[str, int]:
     """Per task id, deliveries that started and never ended (the counts the workers keep)."""
     redis = client.progress.redis
     return {key.rsplit(":", 1)[1]: int(redis.get(key) or 0) for key in redis.scan_iter(Deliveries.count_key("*"))}
-
-
-def wait_for_progress(client: LabelingClient, job_id: str, share: float, timeout: float = 300) -> None:
-    """Until ``share`` of the job's frames are finished: the fault lands in the middle of the job."""
-    wait_until(lambda: (s := client.status(job_id)).finished >= share * s.total, f"{share:.0%} of {job_id}", timeout)
-
-
-def tally(store: ObjectStore, job_id: str, frames: list[FrameRef]) -> tuple[Tally, Summary]:
-    """Count the final exports; fails on anything that is neither labeled once nor failed with a reason."""
-    coco = CocoFile.model_validate(store.get_json(layout.export_key(job_id, "coco.json")))
-    studio = [LabelStudioTask.model_validate(t) for t in store.get_json(layout.export_key(job_id, "labelstudio.json"))]
-    summary = Summary.model_validate(store.get_json(layout.export_key(job_id, "summary.json")))
-    image_ids = [image.id for image in coco.images]
-    assert len(set(image_ids)) == len(image_ids), "COCO image ids repeat"
-    assert {a.image_id for a in coco.annotations} <= set(image_ids)
-    labeled = [image.frame_id for image in coco.images]
-    assert sorted(str(t.data["frame_id"]) for t in studio) == sorted(labeled)
-    failed = {f.frame_id: f.reason for f in summary.failed_frames}
-    assert all(reason.strip() for reason in failed.values())
-    assert not set(labeled) & set(failed), "a frame is both labeled and failed"
-    expected = {f.frame_id for f in frames}
-    lost = expected - set(labeled) - set(failed)
-    assert sorted(summary.missing_frames) == sorted(lost)
-    return Tally(len(expected), len(set(labeled)), len(failed), len(labeled) - len(set(labeled)), len(lost)), summary
 
 
 def report(capsys: pytest.CaptureFixture[str], scenario: str, counts: Tally, seconds: float, note: str = "") -> None:
