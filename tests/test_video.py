@@ -6,8 +6,13 @@ top half, over a black bottom half, so a test reads back WHICH frame it got and 
 
 from __future__ import annotations
 
+import gc
 import io
+import json
 import logging
+import os
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -132,6 +137,79 @@ def test_variable_frame_rate_metadata(variable: Path) -> None:
     assert info.frame_count == 30
     assert 1.8 < info.duration_s <= 2.0
     assert info.fps == pytest.approx(30 / info.duration_s)
+
+
+# Real-world shapes: frame rates with NTSC fractions, B-frames, an audio track, five containers.
+CLIP_FRAMES = 48
+CLIPS = {  # name: (video codec, frame rate, encoder options, audio codec or None)
+    "h264-29.97-aac.mp4": ("libx264", Fraction(30000, 1001), {"bf": "2", "preset": "veryfast"}, "aac"),
+    "h264-23.976.mov": ("libx264", Fraction(24000, 1001), {"bf": "3", "preset": "veryfast"}, None),
+    "h264-60.mkv": ("libx264", Fraction(60), {"bf": "2", "preset": "veryfast"}, None),
+    "vp9-25.webm": ("libvpx-vp9", Fraction(25), {"deadline": "realtime", "cpu-used": "8"}, None),
+    "mpeg4-part2-25.avi": ("mpeg4", Fraction(25), {"bf": "2"}, None),
+}
+
+
+def write_clip(path: Path, codec: str, rate: Fraction, options: dict[str, str], audio: str | None,
+               frames: int = CLIP_FRAMES, container_options: dict[str, str] | None = None) -> Path:
+    """``frames`` frames at a constant ``rate``, timed in ticks of 1 / rate; audio of the same length."""
+    with av.open(str(path), "w", options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.options = options
+        sound = container.add_stream(audio, rate=48000) if audio else None
+        samples_muxed = 0
+        for number in range(frames):
+            frame = av.VideoFrame.from_ndarray(stored_image(number), format="rgb24")
+            frame.pts, frame.time_base = number, 1 / rate
+            container.mux(stream.encode(frame))
+            while sound is not None and samples_muxed < (number + 1) * 48000 / rate:
+                chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts, chunk.time_base = 48000, samples_muxed, Fraction(1, 48000)
+                container.mux(sound.encode(chunk))
+                samples_muxed += 1024
+        container.mux(stream.encode())
+        if sound is not None:
+            container.mux(sound.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    return {name: write_clip(folder / name, *spec) for name, spec in CLIPS.items()}
+
+
+def assert_clip_metadata(name: str, info: dict[str, object]) -> None:
+    rate = CLIPS[name][1]
+    # Matroska keeps millisecond timestamps: 60 fps ends at 999 ms, not 1000.
+    assert info["duration_s"] == pytest.approx(CLIP_FRAMES / rate, abs=1.5e-3), name
+    assert info["fps"] == pytest.approx(float(rate), rel=2e-3), name
+    assert (info["frame_count"], info["width"], info["height"]) == (CLIP_FRAMES, WIDTH, HEIGHT), name
+
+
+def test_probe_reads_timing_while_the_container_is_open(clips: dict[str, Path]) -> None:
+    """The stream's time base used to be read after the container was closed, from freed memory.
+
+    glibc's MALLOC_PERTURB_ overwrites freed memory at once, so a read-after-close shows every time
+    (a time base of 1: durations in ticks) instead of now and then, as a TypeError where the memory
+    was reused with zeros, or a wrong duration.
+    """
+    script = ("import json, sys; from pathlib import Path; from autolabel.video import probe_video; "
+              "print(json.dumps([probe_video(Path(p)).model_dump() for p in sys.argv[1:]]))")
+    names = list(clips)
+    run = subprocess.run([sys.executable, "-c", script, *(str(clips[n]) for n in names)], capture_output=True,
+                         text=True, env={**os.environ, "MALLOC_PERTURB_": "165"}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    for name, info in zip(names, json.loads(run.stdout), strict=True):
+        assert_clip_metadata(name, info)
+
+
+def test_probe_is_stable_across_repeats_and_garbage_collection(clips: dict[str, Path]) -> None:
+    for name, path in clips.items():
+        for _ in range(20):
+            assert_clip_metadata(name, probe_video(path).model_dump())
+            gc.collect()
 
 
 @pytest.mark.parametrize(("times_ms", "variable"), [

@@ -71,7 +71,7 @@ def probe_video(path: Path) -> VideoInfo:
     """
     first = _first_frame(path)
     with _open_video(path) as (container, stream):
-        timeline = _Timeline(stream, path)
+        timeline = _Timeline(_StreamTiming.of(stream, path))
         for packet in _demux(container, stream, path):
             timeline.add(packet.pts, packet.duration)
         rotation = _display_rotation(first, _tag_rotation(stream))
@@ -94,7 +94,7 @@ def iter_sampled_frames(path: Path, sampling: Sampling) -> Iterator[SampledFrame
     """
     keep = _Sampler(sampling)
     with _open_video(path) as (container, stream):
-        clock = _Clock(stream, path)
+        clock = _Clock(_StreamTiming.of(stream, path))
         tag_rotation = _tag_rotation(stream)
         for index, frame in enumerate(_decoded_frames(container, stream, path)):
             timestamp = clock.seconds(frame, index)
@@ -177,19 +177,34 @@ def _first_frame(path: Path) -> av.VideoFrame:
     return frame
 
 
-def _nominal_rate(stream: VideoStream, path: Path) -> Fraction:
-    rate = stream.average_rate or stream.guessed_rate
-    if not rate:
-        raise InvalidInputError(f"video {path} has neither frame timestamps nor a frame rate")
-    return rate
+@dataclass(frozen=True)
+class _StreamTiming:
+    """A stream's time base and nominal rate, copied while its container is open.
+
+    A PyAV stream reads FFmpeg's stream struct, which closing the container frees: read after
+    that, ``time_base`` is whatever reused the memory (a wrong fraction, None, or a crash).
+    """
+
+    path: Path
+    time_base: Fraction  # FFmpeg gives every input stream one
+    nominal_rate: Fraction | None
+
+    @classmethod
+    def of(cls, stream: VideoStream, path: Path) -> _StreamTiming:
+        return cls(path, stream.time_base, stream.average_rate or stream.guessed_rate)
+
+    def rate(self) -> Fraction:
+        """The nominal frame rate, for frames without timestamps."""
+        if not self.nominal_rate:
+            raise InvalidInputError(f"video {self.path} has neither frame timestamps nor a frame rate")
+        return self.nominal_rate
 
 
 class _Timeline:
     """The presentation times of a stream's packets, in ticks of its time base."""
 
-    def __init__(self, stream: VideoStream, path: Path) -> None:
-        self.stream = stream
-        self.path = path
+    def __init__(self, timing: _StreamTiming) -> None:
+        self.timing = timing
         self.count = 0
         self.times = array("q")  # 8 bytes a frame: a two-hour 60 fps video needs 3.5 MB
         self.last_pts: int | None = None
@@ -207,7 +222,7 @@ class _Timeline:
         """(duration in seconds, whether frame durations vary)."""
         if not self.times:
             # Raw elementary streams (.h264) carry no timestamps: they play at their nominal rate.
-            return self.count / float(_nominal_rate(self.stream, self.path)), False
+            return self.count / float(self.timing.rate()), False
         # Packets come in decode order; B-frames make that differ from presentation order.
         times = np.sort(np.frombuffer(self.times, dtype=np.int64))
         steps = np.diff(times)
@@ -218,25 +233,23 @@ class _Timeline:
         variable = bool(steps.size) and int(np.abs(steps - step).max()) > tolerance
         # Matroska gives every packet the nominal duration, so the last frame's is only a guess.
         end = int(times[-1]) + (self.last_duration or step)
-        return float((end - int(times[0])) * self.stream.time_base), variable
+        return float((end - int(times[0])) * self.timing.time_base), variable
 
 
 class _Clock:
     """Seconds since the first frame, from pts x time_base."""
 
-    def __init__(self, stream: VideoStream, path: Path) -> None:
-        self.stream = stream
-        self.path = path
-        self.time_base = stream.time_base
+    def __init__(self, timing: _StreamTiming) -> None:
+        self.timing = timing
         self.origin: int | None = None
 
     def seconds(self, frame: av.VideoFrame, index: int) -> float:
         if frame.pts is None:
-            return float(index / _nominal_rate(self.stream, self.path))
+            return float(index / self.timing.rate())
         if self.origin is None:
             self.origin = frame.pts
         # A damaged file can present a frame before its first one; time stays non-negative.
-        return max(0.0, float((frame.pts - self.origin) * self.time_base))
+        return max(0.0, float((frame.pts - self.origin) * self.timing.time_base))
 
 
 class _Sampler:
