@@ -21,8 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autolabel.contract import Sampling
+from autolabel import layout
+from autolabel.contract import JobManifest, Sampling
+from autolabel.devservices import DevStack
 from autolabel.errors import InvalidInputError
+from autolabel.storage import ObjectStore
 from autolabel.video import encode_jpeg, iter_sampled_frames, probe_video
 
 WIDTH, HEIGHT = 160, 120
@@ -186,6 +189,7 @@ def assert_clip_metadata(name: str, info: dict[str, object]) -> None:
     assert info["duration_s"] == pytest.approx(CLIP_FRAMES / rate, abs=1.5e-3), name
     assert info["fps"] == pytest.approx(float(rate), rel=2e-3), name
     assert (info["frame_count"], info["width"], info["height"]) == (CLIP_FRAMES, WIDTH, HEIGHT), name
+    assert info["frames_expected"] == CLIP_FRAMES, name
 
 
 def test_probe_reads_timing_while_the_container_is_open(clips: dict[str, Path]) -> None:
@@ -210,6 +214,87 @@ def test_probe_is_stable_across_repeats_and_garbage_collection(clips: dict[str, 
         for _ in range(20):
             assert_clip_metadata(name, probe_video(path).model_dump())
             gc.collect()
+
+
+def cut(path: Path, target: Path, at: int) -> Path:
+    target.write_bytes(path.read_bytes()[:at])
+    return target
+
+
+@pytest.fixture(scope="module")
+def truncated_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MP4 written with its index (moov) in front, cut in the middle of its frame data (mdat)."""
+    folder = tmp_path_factory.mktemp("truncated")
+    whole = write_clip(folder / "whole.mp4", *CLIPS["h264-29.97-aac.mp4"], container_options={"movflags": "+faststart"})
+    data = whole.read_bytes()
+    moov, mdat = data.find(b"moov"), data.find(b"mdat")
+    assert 0 < moov < mdat, "the index is not in front"
+    return cut(whole, folder / "cut.mp4", mdat + (len(data) - mdat) // 2)
+
+
+def test_a_truncated_video_is_reported_against_its_index(truncated_mp4: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="autolabel.video"):
+        info = probe_video(truncated_mp4)
+    assert info.frames_expected == CLIP_FRAMES
+    assert 0 < info.frame_count < CLIP_FRAMES
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "cut.mp4" in warning and "truncated" in warning
+    assert f"{CLIP_FRAMES} frames" in warning and f"{info.frame_count} " in warning
+    # What is there is still sampled.
+    assert 0 < len(list(iter_sampled_frames(truncated_mp4, Sampling()))) <= info.frame_count
+
+
+@pytest.mark.integration
+def test_submit_warns_of_a_truncated_video_and_the_manifest_keeps_both_counts(
+    devstack: DevStack, truncated_mp4: Path, tmp_path: Path
+) -> None:
+    # A Redis database of its own: no worker of another test picks this job's tasks up.
+    broker = devstack.env()["AUTOLABEL_BROKER_URL"].removesuffix("/0") + "/7"
+    submit = subprocess.run([str(Path(sys.executable).parent / "autolabel"), "submit", str(truncated_mp4)],
+                            env=devstack.subprocess_env(AUTOLABEL_BROKER_URL=broker), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=180)
+    assert submit.returncode == 0, submit.stderr
+    warnings = [line for line in submit.stderr.splitlines() if "truncated" in line]
+    assert len(warnings) == 1 and "cut.mp4" in warnings[0], submit.stderr
+    store = ObjectStore.from_settings(devstack.settings())
+    video = JobManifest.model_validate(store.get_json(layout.manifest_key(submit.stdout.strip()))).video
+    assert video is not None and video.frames_expected == CLIP_FRAMES and 0 < video.frame_count < CLIP_FRAMES
+    assert f"announces {CLIP_FRAMES} frames, only {video.frame_count} can be read" in warnings[0]
+
+
+def test_a_truncated_matroska_file_is_reported_against_its_track_duration(
+    clips: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Matroska has no frame count; FFmpeg's muxer writes each track's duration in a tag up front.
+    whole = clips["vp9-25.webm"]
+    with caplog.at_level(logging.WARNING, logger="autolabel.video"):
+        info = probe_video(cut(whole, tmp_path / "cut.webm", whole.stat().st_size // 2))
+    assert info.frames_expected == CLIP_FRAMES
+    assert 0 < info.frame_count < CLIP_FRAMES
+    assert "cut.webm" in caplog.text and f"{CLIP_FRAMES} frames" in caplog.text
+
+
+def test_complete_files_warn_of_nothing(clips: dict[str, Path], tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    # An MP4 cut without re-encoding starts at a key frame before the cut and hides the frames before
+    # it through its edit list: they are in the index but are no frames of the video.
+    trimmed = tmp_path / "trimmed.mp4"
+    with av.open(str(clips["h264-29.97-aac.mp4"])) as source, av.open(str(trimmed), "w") as target:
+        stream = source.streams.video[0]
+        out = target.add_stream_from_template(stream)
+        hidden = 5 * int(1 / (stream.average_rate * stream.time_base))  # 5 frames in ticks
+        for packet in source.demux(stream):
+            if packet.size:
+                packet.pts, packet.dts, packet.stream = packet.pts - hidden, packet.dts - hidden, out
+                target.mux(packet)
+    with av.open(str(trimmed)) as container:
+        assert container.streams.video[0].frames == CLIP_FRAMES
+    with caplog.at_level(logging.WARNING, logger="autolabel.video"):
+        assert (probe_video(trimmed).frame_count, probe_video(trimmed).frames_expected) == (CLIP_FRAMES - 5,) * 2
+        for path in clips.values():
+            probe_video(path)
+    assert not caplog.records
 
 
 @pytest.mark.parametrize(("times_ms", "variable"), [

@@ -6,6 +6,7 @@ JSON and carry object keys, never image bytes.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime, timezone
 from functools import partial
@@ -60,6 +61,14 @@ FrameId = Annotated[str, StringConstraints(pattern=ID_PATTERN), AfterValidator(p
 ObjectKey = Annotated[str, AfterValidator(check_key)]
 
 
+CONTENT_HASH_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def content_hash(data: bytes) -> str:
+    """The first 128 bits of the SHA-256 of an image's bytes, in hex: which input a result was made from."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
 def _check_unique(frames: tuple[FrameRef, ...]) -> None:
     seen: set[str] = set()
     for frame in frames:
@@ -79,6 +88,9 @@ class FrameRef(_Strict):
     key: ObjectKey = Field(description="object key of the frame image (JPEG or PNG) in the job's bucket")
     index: int | None = Field(None, ge=0, description="frame number in the source video")
     timestamp: float | None = Field(None, ge=0, description="seconds from the start of the video")
+    sha256: str | None = Field(None, pattern=CONTENT_HASH_PATTERN,
+                               description="content_hash of the image bytes: a re-submission under the same job id "
+                               "with other content for this frame id is told apart")
 
 
 class Sampling(_Strict):
@@ -161,7 +173,11 @@ class VideoInfo(_Strict):
     width: int = Field(gt=0, description="display width, after rotation")
     height: int = Field(gt=0, description="display height, after rotation")
     fps: float = Field(ge=0, description="average frame rate")
-    frame_count: int = Field(ge=0, description="frames decoded")
+    frame_count: int = Field(ge=0, description="frames read from the file (its video packets)")
+    frames_expected: int | None = Field(
+        None, ge=0, description="frames the container's index or header announces (MP4/MOV/AVI frame count; "
+        "Matroska/WebM track duration x the rate read); null where it announces none. Above frame_count: "
+        "the file is truncated or damaged, and only the frame_count frames there were sampled")
     duration_s: float = Field(ge=0)
     rotation: int = Field(0, description="degrees the stored frames were rotated for display")
     codec: str = ""

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
-from autolabel.contract import FrameResult, JobManifest
+from autolabel.contract import FrameResult, JobManifest, VideoInfo
 from autolabel.progress import DeadLetter, JobStatus
 
 
@@ -110,6 +110,8 @@ class Summary(BaseModel):
     frames_with_detections: int
     detections: int
     detections_per_class: dict[str, int]
+    video: VideoInfo | None = Field(default=None, description="the source video as the producer read it (the "
+                                    "manifest's); frames_expected above frame_count: the file was truncated")
     timings: Timings
 
 
@@ -208,6 +210,7 @@ def build_summary(
         frames_with_detections=sum(1 for result in results if result.detections),
         detections=sum(per_class.values()),
         detections_per_class=dict(sorted(per_class.items())),
+        video=manifest.video,
         timings=Timings(
             created_at=_utc(status.created_at),
             started_at=_utc(status.started_at),

@@ -68,19 +68,40 @@ def probe_video(path: Path) -> VideoInfo:
     container header's count, which Matroska/WebM leave out and some muxers get wrong. Counting
     packets only reads the file, where counting decoded frames would decode the video twice (here
     and when sampling); the two differ only by damaged packets, which sampling logs and skips.
+
+    ``frames_expected`` is what the container announces before its frames: a truncated file whose
+    index is in front (an MP4 written for streaming, cut off in its frame data) otherwise reads
+    as a shorter video without a word. Fewer frames than announced is logged as a warning.
     """
     first = _first_frame(path)
     with _open_video(path) as (container, stream):
         timeline = _Timeline(_StreamTiming.of(stream, path))
         for packet in _demux(container, stream, path):
-            timeline.add(packet.pts, packet.duration)
+            if packet.is_discard:
+                # Outside the file's edit list (a cut without re-encoding): in the index, but no frame.
+                timeline.discarded += 1
+            else:
+                timeline.add(packet.pts, packet.duration)
         rotation = _display_rotation(first, _tag_rotation(stream))
         codec = stream.codec_context.name
+        indexed_frames = stream.frames
+        track_duration_s = _tag_duration_s(stream)
     swap = rotation in (90, 270)
     duration_s, variable = timeline.summary()
+    if indexed_frames:
+        expected: int | None = indexed_frames - timeline.discarded
+    elif track_duration_s is not None and duration_s > 0:
+        # A duration, not a count: frames at the rate of those read, so a variable rate is no gap.
+        expected = round(track_duration_s * timeline.count / duration_s)
+    else:
+        expected = None
+    if expected is not None and expected > timeline.count:
+        log.warning("video %s is truncated or damaged: its container announces %d frames, only %d can be read "
+                    "(%.1f s); sampling those", path, expected, timeline.count, duration_s)
     return VideoInfo(width=first.height if swap else first.width, height=first.width if swap else first.height,
                      fps=timeline.count / duration_s if duration_s > 0 else 0.0, frame_count=timeline.count,
-                     duration_s=duration_s, rotation=rotation, codec=codec, variable_frame_rate=variable)
+                     frames_expected=expected, duration_s=duration_s, rotation=rotation, codec=codec,
+                     variable_frame_rate=variable)
 
 
 def iter_sampled_frames(path: Path, sampling: Sampling) -> Iterator[SampledFrame]:
@@ -140,7 +161,10 @@ def _open_video(path: Path) -> Iterator[tuple[InputContainer, VideoStream]]:
 
 
 def _demux(container: InputContainer, stream: VideoStream, path: Path) -> Iterator[av.Packet]:
-    """The stream's frame packets, ending the video early (with a warning) where the file is damaged."""
+    """The stream's frame packets, ending the video early (with a warning) where the file is damaged.
+
+    Packets outside the file's edit list come too, marked ``is_discard``: they decode to no frame.
+    """
     packets = container.demux(stream)
     while True:
         try:
@@ -150,15 +174,15 @@ def _demux(container: InputContainer, stream: VideoStream, path: Path) -> Iterat
         except av.FFmpegError as exc:
             log.warning("video %s is damaged after this point, reading stops: %s", path, exc)
             return
-        # Empty packets flush the decoder; discarded ones lie outside the file's edit list and
-        # decode to no frame.
-        if packet.size and not packet.is_discard:
+        # Empty packets flush the decoder.
+        if packet.size:
             yield packet
 
 
 def _decoded_frames(container: InputContainer, stream: VideoStream, path: Path) -> Iterator[av.VideoFrame]:
     """Every decodable frame in presentation order; a packet the decoder refuses is logged and skipped."""
-    packets: Iterator[av.Packet | None] = itertools.chain(_demux(container, stream, path), [None])
+    shown = (packet for packet in _demux(container, stream, path) if not packet.is_discard)
+    packets: Iterator[av.Packet | None] = itertools.chain(shown, [None])
     for packet in packets:  # None at the end drains the frames the decoder still holds
         try:
             frames = stream.decode(packet)
@@ -206,6 +230,7 @@ class _Timeline:
     def __init__(self, timing: _StreamTiming) -> None:
         self.timing = timing
         self.count = 0
+        self.discarded = 0  # packets outside the edit list, not counted
         self.times = array("q")  # 8 bytes a frame: a two-hour 60 fps video needs 3.5 MB
         self.last_pts: int | None = None
         self.last_duration = 0
@@ -281,14 +306,31 @@ def _display_rotation(frame: av.VideoFrame, tag_rotation: int) -> int:
     return tag_rotation
 
 
+def _tag(stream: VideoStream, name: str) -> str | None:
+    """A stream's metadata tag by lower-case name; Matroska upper-cases tag names."""
+    return next((v for k, v in stream.metadata.items() if k.lower() == name), None)
+
+
 def _tag_rotation(stream: VideoStream) -> int:
-    """The legacy ``rotate`` tag (clockwise degrees); Matroska upper-cases tag names."""
-    value = next((v for k, v in stream.metadata.items() if k.lower() == "rotate"), "0")
+    """The legacy ``rotate`` tag (clockwise degrees)."""
+    value = _tag(stream, "rotate") or "0"
     try:
         return _right_angle(float(value))
     except ValueError:
         log.warning("ignoring the stream's rotate tag %r: not a number", value)
         return 0
+
+
+def _tag_duration_s(stream: VideoStream) -> float | None:
+    """Matroska's per-track ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``), which FFmpeg's muxer and mkvmerge write."""
+    value = _tag(stream, "duration")
+    if value is None:
+        return None
+    try:
+        hours, minutes, seconds = value.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
 def _right_angle(degrees: float) -> int:
