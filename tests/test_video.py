@@ -396,6 +396,43 @@ def test_missing_and_non_video_files_name_the_file(tmp_path: Path) -> None:
         next(iter_sampled_frames(notes, Sampling()))
 
 
+def test_random_bytes_a_text_demuxer_takes_are_not_called_text(tmp_path: Path) -> None:
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 32000, dtype=np.uint8).tobytes())
+    with av.open(str(noise)) as container:  # FFmpeg's binary-text-art demuxer takes any .bin file of this size
+        assert container.format.name == "bin"
+    with pytest.raises(InvalidInputError, match=r"noise\.bin is not a video \(no known container format\)$"):
+        probe_video(noise)
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("notes.txt", "not a video\n" * 50),  # FFmpeg opens it as ANSI art
+    ("notes.mp4", "not a video\n" * 50),  # FFmpeg refuses it
+    ("café.nfo", "Café crème, señor: ¿qué?\n" * 40),
+])
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_text_files_are_named_as_text_whatever_their_name_and_encoding(tmp_path: Path, name: str, text: str,
+                                                                        encoding: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    with pytest.raises(InvalidInputError, match=rf"{path.stem}\.{path.suffix[1:]} is a text file, not a video$"):
+        probe_video(path)
+
+
+def test_tags_in_a_legacy_encoding_do_not_stop_reading(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.avi"  # old AVI tools wrote their INFO tags in Latin-1
+    with av.open(str(path), "w", metadata_encoding="latin-1") as container:
+        container.metadata["title"] = "Café"
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.metadata["title"] = "Straße"
+        for number in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(stored_image(number), format="rgb24")))
+        container.mux(stream.encode())
+    assert probe_video(path).frame_count == 3
+    assert [frame_number(f.image) for f in iter_sampled_frames(path, Sampling())] == [0, 1, 2]
+
+
 def test_audio_only_file_has_no_video_stream(tmp_path: Path) -> None:
     path = tmp_path / "sound.wav"
     with av.open(str(path), "w") as container:

@@ -37,8 +37,13 @@ from autolabel.errors import InvalidInputError
 log = logging.getLogger(__name__)
 
 # FFmpeg opens any text file as a one-stream "video" that renders it as ANSI art (tty and the
-# bintext demuxers); a text file is never what a user meant to label.
+# bintext demuxers), and these take any file at all with their extensions (.nfo, .bin, ...): a
+# file they open is text or no video, never what a user meant to label.
 _TEXT_FORMATS = frozenset({"tty", "bin", "adf", "idf", "xbin"})
+_TEXT_SNIFF_BYTES = 64 * 1024
+# Bytes text has none of, in any encoding but UTF-16/32: C0 controls other than tab, newlines,
+# form feed, ESC (ANSI colours) and SUB (DOS end of file); about one random byte in ten is one.
+_BINARY_BYTES = bytes(set(range(32)) - {0x09, 0x0A, 0x0C, 0x0D, 0x1A, 0x1B}) + b"\x7f"
 
 # Timestamps are exact rationals turned into floats; this absorbs the rounding, so a frame that
 # lands exactly on a sampling instant or on start_s is kept, and one exactly on end_s is not.
@@ -141,12 +146,17 @@ def _open_video(path: Path) -> Iterator[tuple[InputContainer, VideoStream]]:
     if not path.is_file():
         raise InvalidInputError(f"video {path} does not exist or is not a file")
     try:
-        container = av.open(str(path))
+        # Tags are text in any encoding (old AVI tools wrote Latin-1); none is worth refusing a video for.
+        container = av.open(str(path), metadata_errors="replace")
     except av.FFmpegError as exc:
+        if _is_text(path):
+            raise InvalidInputError(f"video {path} is a text file, not a video") from exc
         raise InvalidInputError(f"video {path} cannot be read as a video: {exc.strerror or exc}") from exc
     with container:
         if container.format.name in _TEXT_FORMATS:
-            raise InvalidInputError(f"video {path} is a text file, not a video")
+            if _is_text(path):
+                raise InvalidInputError(f"video {path} is a text file, not a video")
+            raise InvalidInputError(f"video {path} is not a video (no known container format)")
         # Cover art in audio files is a one-picture "video" stream marked as attached.
         streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
         if not streams:
@@ -158,6 +168,14 @@ def _open_video(path: Path) -> Iterator[tuple[InputContainer, VideoStream]]:
         # Frame threads as well as slice threads: decoding is the producer's main cost.
         stream.codec_context.thread_type = "AUTO"
         yield container, stream
+
+
+def _is_text(path: Path) -> bool:
+    """Whether the file starts as text (ASCII, UTF-8 or an 8-bit code page): containers are binary from byte 0."""
+    with path.open("rb") as file:
+        head = file.read(_TEXT_SNIFF_BYTES)
+    binary = len(head) - len(head.translate(None, _BINARY_BYTES))
+    return bool(head) and binary * 100 <= len(head)  # a stray control byte in a long text is forgiven
 
 
 def _demux(container: InputContainer, stream: VideoStream, path: Path) -> Iterator[av.Packet]:
