@@ -18,7 +18,10 @@ CHECKPOINT = Path(os.environ.get("AUTOLABEL_TEST_SHAPES_CHECKPOINT", WEIGHTS_DIR
 # Training draws seeds 1000 * (seed + 1) + 1 onwards (a few dozen videos); the documented
 # held-out video is 424242. This one is neither.
 TEST_SEED = 9_090_909
-MAP50_BAR = 0.80
+# Measured on this video (the same at batch 1 and 4): mAP@0.5 0.9969, mAP@[.5:.95] 0.9147. The bars
+# sit 0.02 below, so a regression of a few points fails here rather than hiding under a loose bar.
+MAP50_BAR = 0.977
+MAP_BAR = 0.895
 
 
 @pytest.mark.slow
@@ -31,3 +34,4 @@ def test_map50_on_a_fresh_held_out_video(tmp_path: Path) -> None:
     assert scores["frames"] == info.frames == 40
     assert sum(not a["iscrowd"] for a in json.loads(truth.read_text())["annotations"]) >= 200
     assert scores["map50"] >= MAP50_BAR, scores
+    assert scores["map"] >= MAP_BAR, scores
