@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from autolabel import layout
 from autolabel.celery_app import make_celery
 from autolabel.client import LabelingClient
 from autolabel.contract import TASK_SUBMIT, DetectOptions, FrameRef, FrameResult, JobSpec, SubmitFramesTask, queue_for
-from autolabel.devservices import DevStack, Service, free_port
+from autolabel.devservices import DevStack, Service, free_port, wait_until
 from autolabel.exports import CocoFile, LabelStudioTask, Summary, labelstudio_to_pixels
 from autolabel.progress import JobState
 from autolabel.settings import Settings
@@ -77,9 +76,7 @@ def test_video_job_through_cli_and_backend_job_alongside(
                             "--job-id", main_job],
                            env=devstack.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = LabelingClient(settings)
-    deadline = time.monotonic() + 300
-    while main_job not in {job.job_id for job in client.jobs(50)} and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: main_job in {job.job_id for job in client.jobs(50)}, f"the CLI to register {main_job}", 300)
 
     backend_video, backend_gt = videos["backend"]
     backend_job = client.submit_video(backend_video, batch_size=2, priority=3)
@@ -89,13 +86,16 @@ def test_video_job_through_cli_and_backend_job_alongside(
     assert stdout.splitlines()[0] == main_job
     assert "frames/s" in stderr and "ETA" in stderr
 
+    # (mAP@0.5, mAP@[.5:.95]) bars, 0.02 below what each job scores (measured: main 0.989 / 0.836, the
+    # smaller 960x540 backend video 0.918 / 0.734): a regression of a few points fails here.
+    bars = {main_job: (0.969, 0.816), backend_job: (0.898, 0.714)}
     for job_id, gt, status in ((main_job, main_gt, client.status(main_job)), (backend_job, backend_gt, backend_status)):
         assert status.state == JobState.DONE
         assert status.done == len(gt["images"]) and status.failed == 0
         coco, studio, summary = _exports(store, job_id)
         scores = map_scores(gt, export_boxes(coco))
         print(f"{job_id}: mAP@[.5:.95] {scores.map:.3f}  mAP@0.5 {scores.map50:.3f}")
-        assert scores.map50 >= 0.80
+        assert scores.map50 >= bars[job_id][0] and scores.map >= bars[job_id][1], (job_id, scores)
         assert summary.labeled_frames == len(gt["images"]) and not summary.failed_frames
         gt_size = (gt["images"][0]["width"], gt["images"][0]["height"])
         assert {(image.width, image.height) for image in coco.images} == {gt_size}
@@ -124,12 +124,8 @@ def test_raw_celery_path_with_a_corrupt_frame(
     payload = SubmitFramesTask(spec=spec, frames=[FrameRef.model_validate(f) for f in frames])
     make_celery(settings).send_task(TASK_SUBMIT, kwargs=payload.model_dump(mode="json"), queue=queue_for(settings.model))
 
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        jobs = {job.job_id: job for job in client.jobs(50)}
-        if "raw-celery-job" in jobs and jobs["raw-celery-job"].ended:
-            break
-        time.sleep(0.5)
+    wait_until(lambda: any(job.job_id == "raw-celery-job" and job.ended for job in client.jobs(50)),
+               "the raw Celery job to end", 600)
     status = client.status("raw-celery-job")
     assert status.state == JobState.DONE
     assert set(status.failures) == {"corrupt", "empty", "missing"}
