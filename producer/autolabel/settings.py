@@ -6,8 +6,10 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from autolabel.errors import SettingsError
 
 MASK = "********"
 
@@ -15,7 +17,10 @@ MASK = "********"
 class Settings(BaseSettings):
     """Everything a producer or a worker needs to find the broker, the store and the model."""
 
-    model_config = SettingsConfigDict(env_prefix="AUTOLABEL_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a value refused by a validator can be a password (a broker URL with one
+    # in it, a secret pasted into the wrong variable); errors name the setting and the reason only.
+    model_config = SettingsConfigDict(env_prefix="AUTOLABEL_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)
 
     broker_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -40,27 +45,40 @@ class Settings(BaseSettings):
     worker_threads: int = Field(8, ge=1, le=64, description="tasks in flight per worker process (Celery's threads "
                                 "pool); their frames share forward passes")
     ready_file: str | None = Field(None, description="a worker process writes this file once it can take work")
+    health_host: str = Field("0.0.0.0", description="address the worker launcher's /ready and /live listen on; "
+                             "all interfaces, as the kubelet probes the pod's IP")
+    restart_reset_s: float = Field(60, gt=0, description="a worker process that ran this long before it died is "
+                                   "restarted after 1 s again, not after the backoff its earlier deaths built up")
+    gpu_replicas: int = Field(1, ge=1, le=48, description="pods sharing each card under NVIDIA time-slicing (the "
+                              "device plugin's replicas): a pod sees the whole card, so --procs-per-device auto "
+                              "sizes for 1/N of its memory, or the pods together run out of it")
     # Delivery (docs/reliability.md says which failure each one addresses).
     visibility_timeout_s: int = Field(3600, ge=2, description="Redis redelivers an unacknowledged message after this")
     batch_time_limit_s: float = Field(1800, gt=0, description="a task's wait for its forward passes; below the "
                                       "visibility timeout")
     lease_s: float = Field(60, gt=0, description="a running task's lease in Redis, renewed every third of it")
     max_deliveries: int = Field(3, ge=1, description="deliveries lost (worker killed) before a task is dead-lettered")
+    max_retries: int = Field(8, ge=0, description="retries of a task after a transient failure (object store, Redis, "
+                             "batch time limit) before its frames fail with the reason")
+    retry_backoff_max_s: int = Field(120, ge=1, description="longest wait before a retry (the wait doubles from 2 s, "
+                                     "with jitter); below the visibility timeout")
+    no_worker_timeout_s: float = Field(300, gt=0, description="waiting on a job (--wait, LabelingClient.wait) stops "
+                                       "with an error once no live worker has served its model for this long")
 
     @field_validator("broker_url")
     @classmethod
     def _redis_only(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("broker_url must be a redis://, rediss:// or unix:// URL")
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
     @model_validator(mode="after")
     def _limits_below_visibility(self) -> Settings:
         # A task running longer than the visibility timeout, or a copy held back longer, is redelivered.
-        for name in ("batch_time_limit_s", "lease_s"):
+        for name in ("batch_time_limit_s", "lease_s", "retry_backoff_max_s"):
             if getattr(self, name) >= self.visibility_timeout_s:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be below visibility_timeout_s "
-                                 f"({self.visibility_timeout_s}), or a running task is delivered again")
+                raise ValueError(f"AUTOLABEL_{name.upper()} must be below AUTOLABEL_VISIBILITY_TIMEOUT_S, "
+                                 "or a running task is delivered again")
         return self
 
     def __repr_args__(self) -> list[tuple[str, Any]]:
@@ -97,4 +115,21 @@ def get_settings() -> Settings:
     ``AUTOLABEL_SECRETS_DIR`` names a directory of secret files (Docker/Kubernetes secrets), one per
     setting: ``autolabel_s3_secret_access_key``, ``autolabel_broker_url``, ...; the environment wins.
     """
-    return Settings(_secrets_dir=os.environ.get("AUTOLABEL_SECRETS_DIR"))
+    try:
+        return Settings(_secrets_dir=os.environ.get("AUTOLABEL_SECRETS_DIR"))
+    except ValidationError as exc:
+        raise _settings_error(exc) from None
+
+
+def _settings_error(exc: ValidationError) -> SettingsError:
+    """Each refused setting by its variable name and the reason, never its value (it can be a secret).
+
+    ``from None`` at the raise: the ValidationError's own text stays out of tracebacks and logs.
+    """
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        # A field's error is located at the field; a check across fields (model validator) at none,
+        # and its message names the settings itself.
+        name = f"AUTOLABEL_{str(error['loc'][0]).upper()}" if error["loc"] else "settings"
+        problems.append((name, str(error["msg"]).removeprefix("Value error, ")))
+    return SettingsError(problems)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from autolabel.errors import ConfigError
+from autolabel.serving import config_names
 from autolabel.settings import Settings
-from autolabel.storage import ObjectStore, parse_s3_uri
+from autolabel.storage import parse_s3_uri
+from autolabel_worker.fetch import fetch_checkpoint, sha256_file
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
@@ -26,30 +27,20 @@ class ModelFiles:
 
 def file_digest(path: Path) -> str:
     """Short content hash: results name the exact weights that produced them."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return sha256_file(path)[:12]
 
 
 def _fetch_checkpoint(uri: str, settings: Settings) -> Path:
+    # Every process of a pool resolves the model at once: fetch_checkpoint's lock makes one download it.
     bucket, key = parse_s3_uri(uri)
-    target = CHECKPOINT_CACHE / bucket / key
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(target.suffix + ".partial")
-        store = ObjectStore.from_settings(settings.model_copy(update={"bucket": bucket}))
-        store.client.download_file(bucket, key, str(partial))
-        partial.rename(target)
-    return target
+    return fetch_checkpoint(uri, (CHECKPOINT_CACHE / bucket / key).parent, settings)
 
 
 def resolve_model(settings: Settings) -> ModelFiles:
     configs = Path(settings.configs_dir) if settings.configs_dir else REPO_CONFIGS_DIR
     config = configs / f"{settings.model}.py"
     if not config.is_file():
-        known = ", ".join(sorted(p.stem for p in configs.glob("*.py"))) or "none"
+        known = ", ".join(config_names(configs)) or "none"
         raise ConfigError(f"no config for model {settings.model!r} in {configs}; known models: {known}")
     if settings.checkpoint is None:
         checkpoint = WEIGHTS_DIR / f"{settings.model}.pth"

@@ -4,12 +4,15 @@ This parent process never imports torch, so it never initializes CUDA: each chil
 interpreter whose CUDA_VISIBLE_DEVICES is set before it starts, so it sees only its own card
 (as cuda:0). A child loads the model once, runs a warm-up batch and writes a ready file;
 the parent serves ``/ready`` and ``/live`` over HTTP for Kubernetes probes, restarts a child
-that dies, and on SIGTERM lets every child finish the batch in hand before it exits.
+that dies (1 s, doubling to 30 s while it keeps dying young; 1 s again once it had run
+``AUTOLABEL_RESTART_RESET_S``), and on SIGTERM lets every child finish the batch in hand before it
+exits, killing those still running after the shutdown timeout.
 
 Processes per card with ``auto``:  N = floor((card_memory - reserve) / (peak * (1 + margin)))
 with peak the warm-up's peak reserved memory at the configured batch size, reserve 1 GiB for
 the CUDA context and the driver, margin 10 % for frames of other sizes. A 24 GB card and a
-9.6 GB peak give floor(23 / 10.56) = 2. On CPU, ``auto`` is one process per 2 cores.
+9.6 GB peak give floor(23 / 10.56) = 2. Under time-slicing with ``AUTOLABEL_GPU_REPLICAS`` pods per
+card, card_memory is the pod's share: card / replicas. On CPU, ``auto`` is one process per 2 cores.
 """
 
 from __future__ import annotations
@@ -64,8 +67,15 @@ def detect_gpus() -> list[Gpu]:
     return gpus
 
 
-def processes_that_fit(card_bytes: int, peak_bytes: int) -> int:
-    return max(1, math.floor((card_bytes - RESERVE_BYTES) / (peak_bytes * (1 + MARGIN))))
+def restart_delay_s(quick_exits: int) -> float:
+    """Seconds before restarting a child that died after ``quick_exits`` quick exits in a row: 1, 2, 4 ... 30."""
+    return min(RESTART_BACKOFF_MAX_S, 2.0 ** min(quick_exits, 5))
+
+
+def processes_that_fit(card_bytes: int, peak_bytes: int, replicas: int = 1) -> int:
+    """Processes of ``peak_bytes`` each in this pod's share of a card that ``replicas`` pods time-slice
+    (the share holds its own CUDA context reserve: each pod creates its own)."""
+    return max(1, math.floor((card_bytes / replicas - RESERVE_BYTES) / (peak_bytes * (1 + MARGIN))))
 
 
 def cpu_processes(cores: int | None = None) -> int:
@@ -96,6 +106,8 @@ class Child:
     ready_file: Path
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    # Exits in a row that came before the child had run restart_reset_s: the restart backoff's exponent.
+    quick_exits: int = 0
     started_at: float = 0.0
 
     def start(self) -> None:
@@ -171,9 +183,10 @@ class WorkerPool:
             peak = int(self._wait_ready(first)["peak_memory_bytes"])
             cards = {str(gpu.index): gpu.memory_bytes for gpu in detect_gpus()}
             for device in self.devices:
-                count = processes_that_fit(cards[device], peak)
-                log.info("device %s: %.1f GiB, peak %.2f GiB at batch %d -> %d processes", device,
-                         cards[device] / 2**30, peak / 2**30, self.settings.batch_size, count)
+                count = processes_that_fit(cards[device], peak, self.settings.gpu_replicas)
+                log.info("device %s: %.1f GiB (a 1/%d share), peak %.2f GiB at batch %d -> %d processes", device,
+                         cards[device] / 2**30, self.settings.gpu_replicas, peak / 2**30, self.settings.batch_size,
+                         count)
                 for slot in range(1 if device == self.devices[0] else 0, count):
                     self.children.append(self.child(device, slot))
         else:
@@ -187,10 +200,15 @@ class WorkerPool:
         while not self.stopping.wait(0.5):
             for child in self.children:
                 if child.process is not None and child.process.poll() is not None:
-                    code = child.process.returncode
-                    delay = min(RESTART_BACKOFF_MAX_S, 2.0 ** min(child.restarts, 5))
-                    log.warning("%s exited with %s; restarting in %.0f s", child.name, code, delay)
+                    uptime_s = time.monotonic() - child.started_at
+                    if uptime_s >= self.settings.restart_reset_s:
+                        # It ran well before it died (an OOM kill after hours): no crash loop to slow down.
+                        child.quick_exits = 0
+                    delay = restart_delay_s(child.quick_exits)
+                    log.warning("%s exited with %s after %.0f s; restarting in %.0f s", child.name,
+                                child.process.returncode, uptime_s, delay)
                     child.restarts += 1
+                    child.quick_exits += 1
                     if self.stopping.wait(delay):
                         return
                     child.start()
@@ -199,14 +217,15 @@ class WorkerPool:
         """Warm shutdown: children finish the tasks in hand; after ``timeout`` they are killed and
         their unacknowledged messages go back to the queue."""
         self.stopping.set()
-        running = [c.process for c in self.children if c.process is not None and c.process.poll() is None]
-        for process in running:
+        running = [(c, c.process) for c in self.children if c.process is not None and c.process.poll() is None]
+        for _, process in running:
             process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for process in running:
+        for child, process in running:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) still running %.0f s after SIGTERM; killed", child.name, process.pid, timeout)
                 process.kill()
                 process.wait()
 
@@ -218,7 +237,7 @@ class WorkerPool:
         }
 
 
-def serve_health(pool: WorkerPool, port: int) -> ThreadingHTTPServer:
+def serve_health(pool: WorkerPool, host: str, port: int) -> ThreadingHTTPServer:
     """``/ready`` is 200 once every process has warmed up; ``/live`` is 200 while the pool runs."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -234,7 +253,11 @@ def serve_health(pool: WorkerPool, port: int) -> ThreadingHTTPServer:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise ConfigError(f"the health server cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                          "choose another --health-port or --health-host") from None
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return server
 
@@ -252,8 +275,8 @@ def run_pool(settings: Settings, *, devices: str, procs_per_device: str, queues:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = serve_health(pool, health_port)
-    log.info("health on :%d (/ready, /live)", health_port)
+    server = serve_health(pool, settings.health_host, health_port)
+    log.info("health on %s:%d (/ready, /live)", settings.health_host, health_port)
     try:
         pool.start()
         pool.supervise()
