@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 from kombu.exceptions import ContentDisallowed
 
 from autolabel.celery_app import make_celery
-from autolabel.contract import MAX_FRAMES_PER_TASK, DetectTask, FrameRef, JobSpec, Sampling, validated
+from autolabel.contract import MAX_FRAMES_PER_TASK, DetectTask, FrameRef, JobSpec, Sampling, content_hash, validated
 from autolabel.errors import InvalidInputError
 from autolabel.schemas import render_schemas
 from autolabel.settings import Settings
@@ -73,7 +74,15 @@ def test_celery_app_refuses_pickle() -> None:
 
 
 def test_frame_ref_carries_keys_not_bytes() -> None:
-    assert set(FrameRef.model_fields) == {"frame_id", "key", "index", "timestamp"}
+    assert set(FrameRef.model_fields) == {"frame_id", "key", "index", "timestamp", "sha256"}
+
+
+def test_frame_ref_sha256_is_a_content_hash() -> None:
+    data = b"\xff\xd8 some image bytes"
+    ref = validated(FrameRef, {"frame_id": "f", "key": "k.jpg", "sha256": content_hash(data)})
+    assert ref.sha256 == hashlib.sha256(data).hexdigest()[:32]
+    with pytest.raises(InvalidInputError, match="sha256"):
+        validated(FrameRef, {"frame_id": "f", "key": "k.jpg", "sha256": "not-a-hash"})
 
 
 def test_committed_schemas_are_current(repo_root: Path) -> None:

@@ -107,13 +107,16 @@ def test_the_task_that_completed_a_job_can_claim_its_finalize_again(progress: Pr
 
 
 def test_resubmitting_a_finished_job_leaves_finalize_to_its_tasks(progress: ProgressStore) -> None:
-    progress.register("resubmit", total=1, model="m", source="frames")
-    assert progress.record("resubmit", done=["a"], failed={}) == 1
+    progress.register("resubmit", total=2, model="m", source="frames")
+    assert progress.record("resubmit", done=["a", "b"], failed={}) == 1
     progress.mark_done("resubmit")
-    progress.register("resubmit", total=1, model="m", source="frames")
+    # Submitted again with other frames: the earlier submission's frames do not count, so the
+    # first batch of this one (frame a) does not complete the job.
+    progress.register("resubmit", total=2, model="m", source="frames")
     status = progress.status("resubmit")
-    assert (status.state, status.done) == (JobState.QUEUED, 1)
-    assert progress.record("resubmit", done=["a"], failed={}, claimer="t") == 1
+    assert (status.state, status.done) == (JobState.QUEUED, 0)
+    assert progress.record("resubmit", done=["a"], failed={}, claimer="t1") == 0
+    assert progress.record("resubmit", done=["c"], failed={}, claimer="t2") == 1
 
 
 def test_dead_letters_fail_their_frames_and_show_in_status(progress: ProgressStore) -> None:

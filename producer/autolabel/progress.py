@@ -132,10 +132,12 @@ class ProgressStore:
         """Start tracking a new job (or restart tracking a re-submitted one) with ``total`` frames."""
         job, done, failed = _keys(job_id)
         now = time.time()
-        # Frames labeled by an earlier submission of the same job id stay counted; the job is
-        # completed (and finalized) by the tasks of this submission, which skip those frames.
+        # Nothing of an earlier submission of the same job id stays counted: its frames may not be
+        # this submission's (another sampling, another video), and a done set holding them would let
+        # the first batch complete the job. This submission's tasks count each frame again, skipping
+        # those whose result was made from the same image (autolabel_worker.detect).
         with self.redis.pipeline() as pipe:
-            pipe.delete(job, failed, _dead_key(job_id))
+            pipe.delete(job, done, failed, _dead_key(job_id))
             pipe.hset(job, mapping={"state": JobState.QUEUED, "total": total, "model": model,
                                     "source": source, "created_at": now})
             pipe.zadd(JOBS_INDEX, {job_id: now})

@@ -126,6 +126,18 @@ class ObjectStore:
         except json.JSONDecodeError as exc:
             raise StorageError(f"s3://{self.bucket}/{key} is not valid JSON: {exc}") from exc
 
+    def delete_keys(self, keys: list[str]) -> None:
+        """Delete objects (1,000 per request); a key that does not exist is no error."""
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start:start + 1000]]
+            try:
+                response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except (BotoCoreError, ClientError) as exc:
+                raise self._fail("delete", batch[0]["Key"], exc) from exc
+            if errors := response.get("Errors"):
+                raise StorageError(f"cannot delete {len(errors)} objects in s3://{self.bucket}, first "
+                                   f"{errors[0].get('Key')}: {errors[0].get('Message')}")
+
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         try:

@@ -22,22 +22,22 @@ class BatchTimeLimitExceeded(AutolabelError):
     """The task's frames were not through the model within the batch time limit; the task is retried."""
 
 
-def result_stamp(model_version: str, options: DetectOptions) -> dict[str, str]:
-    """Object metadata of a result file: what produced it. A result with the same stamp is not made again."""
+def result_stamp(model_version: str, options: DetectOptions, input_sha256: str) -> dict[str, str]:
+    """Object metadata of a result file: which weights and options made it, from which image bytes
+    (their content_hash). A result with the same stamp is not made again."""
     digest = hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:16]
-    return {"model-version": model_version, "options": digest}
+    return {"model-version": model_version, "options": digest, "input": input_sha256}
 
 
-def already_labeled(store: ObjectStore, job_id: str, refs: Sequence[FrameRef], stamp: dict[str, str],
-                    threads: int) -> set[str]:
-    """Frames whose result object exists with this stamp (HEAD only): a redelivery, retry or
-    re-submission skips them, and their bytes stay as they are."""
+def existing_stamps(store: ObjectStore, job_id: str, refs: Sequence[FrameRef],
+                    threads: int) -> dict[str, dict[str, str] | None]:
+    """The stamp of each frame's result object, None where there is none (HEAD only)."""
 
-    def stamped(ref: FrameRef) -> bool:
-        return store.metadata(layout.detection_key(job_id, ref.frame_id)) == stamp
+    def stamp(ref: FrameRef) -> dict[str, str] | None:
+        return store.metadata(layout.detection_key(job_id, ref.frame_id))
 
     with ThreadPoolExecutor(max_workers=min(threads, len(refs))) as pool:
-        return {ref.frame_id for ref, done in zip(refs, pool.map(stamped, refs)) if done}
+        return dict(zip((ref.frame_id for ref in refs), pool.map(stamp, refs)))
 
 
 def process_batch(rt: Runtime, task: DetectTask, claimer: str = "") -> bool:
@@ -62,16 +62,27 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "") -> bool:
                                   claimer=claimer) == 1
 
     rt.progress.mark_started(job_id)
-    stamp = result_stamp(rt.model.version, options)
     # The check for existing results runs beside the fetch: it matters only on a redelivery or
     # re-submission, and waiting for it first would add a round trip to every frame's latency.
     with ThreadPoolExecutor(max_workers=1) as side:
-        labeled = side.submit(already_labeled, rt.store, job_id, task.frames, stamp, rt.settings.frame_fetch_threads)
+        existing = side.submit(existing_stamps, rt.store, job_id, task.frames, rt.settings.frame_fetch_threads)
         frames, failures = load_frames(rt.store, task.frames, max_pixels=rt.settings.max_frame_pixels,
                                        threads=rt.settings.frame_fetch_threads)
-        skipped = labeled.result()
+        stamps = existing.result()
+    # A result is reused only for the same input: the hash of the bytes just fetched, or, for a
+    # frame that cannot be fetched any more, the hash its submitter gave. Another image under the
+    # same frame id (a job id used again for another video) is labeled again.
+    inputs = {frame.ref.frame_id: frame.sha256 for frame in frames}
+    inputs.update({ref.frame_id: ref.sha256 for ref in task.frames if ref.frame_id in failures and ref.sha256})
+    wanted = {frame_id: result_stamp(rt.model.version, options, sha256) for frame_id, sha256 in inputs.items()}
+    skipped = {frame_id for frame_id, stamp in wanted.items() if stamps[frame_id] == stamp}
+    for frame in frames:
+        if frame.ref.sha256 and frame.ref.sha256 != frame.sha256:
+            log.warning("job %s frame %s: %s is not the image submitted (sha256 %s, fetched %s); labeling what "
+                        "was fetched", job_id, frame.ref.frame_id, frame.ref.key, frame.ref.sha256, frame.sha256)
     if skipped:
-        log.info("job %s: %d frames already labeled by this model version, not labeled again", job_id, len(skipped))
+        log.info("job %s: %d frames already labeled from the same image by this model version, not labeled again",
+                 job_id, len(skipped))
         frames = [frame for frame in frames if frame.ref.frame_id not in skipped]
         failures = {frame_id: reason for frame_id, reason in failures.items() if frame_id not in skipped}
     results: list[FrameResult] = []
@@ -97,7 +108,8 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "") -> bool:
             ))
     if results:
         with ThreadPoolExecutor(max_workers=min(rt.settings.frame_fetch_threads, len(results))) as pool:
-            list(pool.map(lambda r: rt.store.put_json(layout.detection_key(job_id, r.frame_id), r, stamp), results))
+            list(pool.map(lambda r: rt.store.put_json(layout.detection_key(job_id, r.frame_id), r,
+                                                      wanted[r.frame_id]), results))
     for frame_id, reason in failures.items():
         log.warning("job %s frame %s failed: %s", job_id, frame_id, reason)
     completed = rt.progress.record(job_id, done=[r.frame_id for r in results] + sorted(skipped), failed=failures,

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from autolabel.contract import FrameRef
+from autolabel.contract import FrameRef, content_hash
 from autolabel.errors import FrameError, ObjectNotFoundError
 from autolabel.storage import ObjectStore
 
@@ -20,6 +20,7 @@ from autolabel.storage import ObjectStore
 class LoadedFrame:
     ref: FrameRef
     image: np.ndarray  # BGR uint8 HxWx3, the layout mmdet's pipelines expect
+    sha256: str  # content_hash of the bytes fetched: what a result made from this frame was made from
 
     @property
     def width(self) -> int:
@@ -62,7 +63,8 @@ def load_frames(
     """
 
     def load(ref: FrameRef) -> LoadedFrame:
-        return LoadedFrame(ref, decode_image(store.get_bytes(ref.key), max_pixels))
+        data = store.get_bytes(ref.key)
+        return LoadedFrame(ref, decode_image(data, max_pixels), content_hash(data))
 
     loaded: list[LoadedFrame] = []
     failures: dict[str, str] = {}

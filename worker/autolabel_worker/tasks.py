@@ -26,7 +26,7 @@ from autolabel.contract import (
     validated,
 )
 from autolabel.errors import InvalidInputError, StorageError
-from autolabel.jobs import start_job
+from autolabel.jobs import previous_manifest, start_job
 from autolabel.progress import DeadLetter
 from autolabel_worker.app import app
 from autolabel_worker.delivery import Deliveries, LeaseBusy
@@ -155,5 +155,8 @@ def submit_frames(self: Any, **payload: Any) -> dict[str, Any]:
     """The raw Celery path: a backend sends a whole job; this fans it out like the client does."""
     task = parse(SubmitFramesTask, payload)
     rt = runtime()
-    start_job(rt.store, rt.progress, app, task.spec, task.frames)
+    # A job id used before with other frames is not refused here (a fire-and-forget sender would
+    # never see the refusal): its frames are labeled again where their images changed.
+    start_job(rt.store, rt.progress, app, task.spec, task.frames,
+              previous=previous_manifest(rt.store, task.spec.job_id))
     return {"job_id": task.spec.job_id, "frames": len(task.frames)}
