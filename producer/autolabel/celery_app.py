@@ -45,8 +45,11 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10)),
             "unacked_restore_throttle": 1,
             "queue_order_strategy": "priority",
-            "priority_steps": list(range(10)),
-            "sep": ":",
+            # Priority lists and their separator stay kombu's defaults (steps 0, 3, 6, 9; sep
+            # "\x06\x16"): a backend's plain `Celery(broker=URL)` and `celery inspect` / Flower use
+            # them, so any other value sends their prioritized messages to lists no worker reads and
+            # hides the workers' replies. A priority p goes to the list of the largest step <= p
+            # (0-2, 3-5, 6-8, 9), the worker reads the lists in that order, first in first out within one.
         },
     )
     return app

@@ -1,0 +1,147 @@
+"""A backend with only Celery, and `celery inspect` / Flower, against a real worker.
+
+One real `autolabel worker` (1 process, 1 thread: tasks run one at a time, in the order the worker
+takes them) on the session's redis-server and S3 server. The "plain" app is what a backend or
+`celery --broker URL flower` has: `Celery(broker=URL)` with Celery's and kombu's defaults.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from PIL import Image
+
+from autolabel.client import LabelingClient
+from autolabel.contract import TASK_SUBMIT, FrameRef, SubmitFramesTask, queue_for
+from autolabel.devservices import DevStack, wait_until
+from autolabel.errors import JobNotFoundError
+from autolabel.progress import JobState, JobStatus
+from autolabel.storage import ObjectStore
+from autolabel.synth import render_frames
+from autolabel.video import encode_jpeg
+from workerpool import MODEL, Pool, small_canvas_configs
+
+pytestmark = pytest.mark.integration
+
+QUEUE = queue_for(MODEL)
+
+
+@pytest.fixture(scope="module")
+def pool(devstack: DevStack, repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    configs = small_canvas_configs(repo_root, tmp_path_factory.mktemp("configs"))
+    started = Pool(devstack, configs, tmp_path_factory.mktemp("pool") / "pool.log", processes=1, threads=1,
+                   env={})  # the default delivery settings: nothing here kills a worker
+    try:
+        started.wait_ready()
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def plain(devstack: DevStack) -> Iterator[Celery]:
+    app = Celery(broker=devstack.settings().broker_url, set_as_current=False)
+    app.conf.accept_content = ["json"]
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def frame_keys(devstack: DevStack) -> list[str]:
+    store = ObjectStore.from_settings(devstack.settings())
+    keys = []
+    for frame in render_frames(320, 180, 4, seed=77):
+        key = f"compat/frames/{frame.index:03d}.jpg"
+        store.put_bytes(key, encode_jpeg(Image.fromarray(frame.image)), "image/jpeg")
+        keys.append(key)
+    return keys
+
+
+@pytest.fixture(scope="module")
+def client(devstack: DevStack) -> LabelingClient:
+    return LabelingClient(devstack.settings())
+
+
+def frames(keys: list[str]) -> list[FrameRef]:
+    return [FrameRef(frame_id=f"f{i}", key=key) for i, key in enumerate(keys)]
+
+
+def plain_submit(plain: Celery, job_id: str, keys: list[str], *, spec: dict[str, Any] | None = None,
+                 **send_options: Any) -> None:
+    """docs/task-contract.md's example, with ``send_options`` (a priority) added to send_task."""
+    payload = SubmitFramesTask.model_validate({
+        "spec": {"job_id": job_id, "source": "frames", "options": {"model": MODEL}, "batch_size": 2, **(spec or {})},
+        "frames": [f.model_dump(mode="json") for f in frames(keys)],
+    })
+    plain.send_task(TASK_SUBMIT, kwargs=payload.model_dump(mode="json"), queue=QUEUE, **send_options)
+
+
+def wait_done(client: LabelingClient, job_id: str, timeout: float = 90) -> JobStatus:
+    def done() -> bool:
+        try:
+            return client.status(job_id).state == JobState.DONE
+        except JobNotFoundError:
+            return False  # a submit message not taken yet
+
+    wait_until(done, f"job {job_id} done", timeout)
+    return client.status(job_id)
+
+
+def worker_name(pool: Pool) -> str:
+    return pool.status()[1]["processes"][0]["name"]
+
+
+def test_plain_celery_submit_with_and_without_priority(pool: Pool, plain: Celery, client: LabelingClient,
+                                                       frame_keys: list[str]) -> None:
+    pool.wait_ready()
+    plain_submit(plain, "plain-priority-5", frame_keys, priority=5)
+    plain_submit(plain, "plain-priority-9", frame_keys, priority=9)
+    plain_submit(plain, "plain-no-priority", frame_keys)
+    for job_id in ("plain-priority-5", "plain-priority-9", "plain-no-priority"):
+        assert wait_done(client, job_id).done == len(frame_keys)
+
+
+def test_plain_inspect_and_control_reach_the_worker(pool: Pool, plain: Celery) -> None:
+    """What `celery --broker URL inspect ping` and Flower do."""
+    pool.wait_ready()
+    name = worker_name(pool)
+    assert plain.control.inspect(destination=[name], timeout=5).ping() == {name: {"ok": "pong"}}
+    active = plain.control.inspect(destination=[name], timeout=5).active_queues()
+    assert [q["name"] for q in active[name]] == [QUEUE]
+
+
+def test_priorities_order_work_the_same_on_both_paths(pool: Pool, plain: Celery, client: LabelingClient,
+                                                      frame_keys: list[str]) -> None:
+    """With the worker not consuming, jobs are queued from low to high priority on both paths;
+    once it consumes again, its one thread labels them from high to low priority. A message sent
+    without a priority (its job at the default priority) does not pass a job queued before it at
+    the default priority."""
+    pool.wait_ready()
+    name = worker_name(pool)
+    assert plain.control.cancel_consumer(QUEUE, destination=[name], reply=True, timeout=5)
+    try:
+        client.submit_frames(frames(frame_keys), job_id="order-client-low", model=MODEL, batch_size=2, priority=9)
+        plain_submit(plain, "order-plain-low", frame_keys, spec={"priority": 9}, priority=9)
+        client.submit_frames(frames(frame_keys), job_id="order-client-default", model=MODEL, batch_size=2)
+        plain_submit(plain, "order-plain-default", frame_keys)
+        client.submit_frames(frames(frame_keys), job_id="order-client-high", model=MODEL, batch_size=2, priority=0)
+        plain_submit(plain, "order-plain-high", frame_keys, spec={"priority": 0}, priority=0)
+        time.sleep(1)
+        assert client.status("order-client-low").done == 0, "the worker took work while not consuming"
+    finally:
+        assert plain.control.add_consumer(QUEUE, destination=[name], reply=True, timeout=5)
+    jobs = {job_id: wait_done(client, job_id) for job_id in (
+        "order-client-high", "order-plain-high", "order-client-default", "order-plain-default",
+        "order-client-low", "order-plain-low")}
+    spans = {job_id: (status.started_at, status.labeled_at) for job_id, status in jobs.items()}
+    order = sorted(spans, key=lambda job_id: spans[job_id][0])
+    assert order == ["order-client-high", "order-plain-high", "order-client-default", "order-plain-default",
+                     "order-client-low", "order-plain-low"], spans
+    # One thread: each job's frames were labeled before the next job's first frame.
+    for earlier, later in zip(order, order[1:]):
+        assert spans[earlier][1] <= spans[later][0], (earlier, later, spans)
