@@ -23,6 +23,10 @@ class ObjectNotFoundError(StorageError):
     """An object the job needs is not in the bucket."""
 
 
+class NoWorkerError(AutolabelError):
+    """No live worker has served a job's model for AUTOLABEL_NO_WORKER_TIMEOUT_S; the job stays queued."""
+
+
 class JobNotFoundError(AutolabelError):
     """No job with that id is known to the broker or the object store."""
 

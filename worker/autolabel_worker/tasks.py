@@ -28,6 +28,7 @@ from autolabel.contract import (
 from autolabel.errors import InvalidInputError, StorageError
 from autolabel.jobs import previous_manifest, start_job
 from autolabel.progress import DeadLetter
+from autolabel.serving import Heartbeat
 from autolabel_worker.app import app
 from autolabel_worker.delivery import Deliveries, LeaseBusy
 from autolabel_worker.detect import BatchTimeLimitExceeded, process_batch
@@ -62,6 +63,9 @@ def _report_ready(**_: Any) -> None:
     rt = runtime()
     if rt.settings.ready_file and rt.warmup is not None:
         write_ready_file(Path(rt.settings.ready_file), rt.warmup)
+    # From now on this process takes its model's tasks: say so, so that producers can tell a job
+    # waiting its turn from one no worker will take (an unknown model name, no worker started).
+    Heartbeat(rt.progress.redis, rt.model.name).start()
 
 
 def parse(model: type[Payload], payload: dict[str, Any]) -> Payload:
