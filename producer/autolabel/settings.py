@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     max_retries: int = Field(8, ge=0, description="retries of a task after a transient failure (object store, Redis, "
                              "batch time limit) before its frames fail with the reason")
     retry_backoff_max_s: int = Field(120, ge=1, description="longest wait before a retry (the wait doubles from 2 s, "
-                                     "with jitter); below the visibility timeout")
+                                     "with jitter); keep it below the visibility timeout")
     no_worker_timeout_s: float = Field(300, gt=0, description="waiting on a job (--wait, LabelingClient.wait) stops "
                                        "with an error once no live worker has served its model for this long")
 
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _limits_below_visibility(self) -> Settings:
         # A task running longer than the visibility timeout, or a copy held back longer, is redelivered.
-        for name in ("batch_time_limit_s", "lease_s", "retry_backoff_max_s"):
+        for name in ("batch_time_limit_s", "lease_s"):
             if getattr(self, name) >= self.visibility_timeout_s:
                 raise ValueError(f"AUTOLABEL_{name.upper()} must be below AUTOLABEL_VISIBILITY_TIMEOUT_S, "
                                  "or a running task is delivered again")

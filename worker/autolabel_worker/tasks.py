@@ -29,6 +29,7 @@ from autolabel.errors import InvalidInputError, StorageError
 from autolabel.jobs import previous_manifest, start_job
 from autolabel.progress import DeadLetter
 from autolabel.serving import Heartbeat
+from autolabel.settings import get_settings
 from autolabel_worker.app import app
 from autolabel_worker.delivery import Deliveries, LeaseBusy
 from autolabel_worker.detect import BatchTimeLimitExceeded, process_batch
@@ -39,14 +40,14 @@ log = logging.getLogger(__name__)
 Payload = TypeVar("Payload", bound=BaseModel)
 
 # Transient failures of the store or Redis (progress or broker), and a batch that ran out of
-# time: retried with exponential backoff and jitter.
+# time: retried with exponential backoff and jitter, AUTOLABEL_MAX_RETRIES times at most.
 RETRY = {
     "autoretry_for": (StorageError, redis.ConnectionError, redis.TimeoutError, OperationalError,
                       BatchTimeLimitExceeded),
     "retry_backoff": 2,
-    "retry_backoff_max": 120,
+    "retry_backoff_max": get_settings().retry_backoff_max_s,
     "retry_jitter": True,
-    "max_retries": 8,
+    "max_retries": get_settings().max_retries,
 }
 
 
