@@ -12,6 +12,7 @@ import click
 
 from autolabel.errors import AutolabelError
 from autolabel.progress import JobStatus
+from autolabel.serving import no_worker_message
 from autolabel.settings import get_settings
 
 
@@ -89,6 +90,8 @@ def _wait(job_id: str) -> None:
 @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True, help="0 is served first.")
 @click.option("--batch-size", type=int, help="Frames per task (default: AUTOLABEL_BATCH_SIZE).")
 @click.option("--job-id", help="Job id (default: a new time-sortable id).")
+@click.option("--replace", is_flag=True,
+              help="Label this video under --job-id even if the id was used for another video (refused otherwise).")
 @click.option("--wait", is_flag=True, help="Show progress until the job ends.")
 def submit(source: str, classes: str | None, wait: bool, **options: Any) -> None:
     """Submit a video file or s3:// URI for labeling."""
@@ -123,8 +126,11 @@ def status(job_id: str, wait: bool) -> None:
     if wait:
         _wait(job_id)
         return
-    current = _client().status(job_id)
+    client = _client()
+    current = client.status(job_id)
     click.echo(_describe(current))
+    if (waited := client.unserved_for_s(current)) is not None:
+        click.echo(f"  {no_worker_message(job_id, current.model, waited)}")
     for frame_id, reason in sorted(current.failures.items()):
         click.echo(f"  failed {frame_id}: {reason}")
     for letter in current.dead_letters:

@@ -15,10 +15,11 @@ from typing import Any
 
 from autolabel import layout
 from autolabel.celery_app import make_celery
-from autolabel.contract import DetectOptions, FrameRef, JobManifest, JobSpec, Sampling, validated
-from autolabel.errors import InvalidInputError
-from autolabel.jobs import enqueue_frames, start_job
+from autolabel.contract import DetectOptions, FrameRef, JobManifest, JobSpec, Sampling, content_hash, validated
+from autolabel.errors import InvalidInputError, JobNotFoundError, NoWorkerError
+from autolabel.jobs import changed_frame, enqueue_frames, previous_manifest, start_job
 from autolabel.progress import JobState, JobStatus, ProgressStore
+from autolabel.serving import config_names, no_worker_message, unserved_for_s
 from autolabel.settings import Settings, get_settings
 from autolabel.storage import ObjectStore, parse_s3_uri
 from autolabel.video import encode_jpeg, iter_sampled_frames, probe_video
@@ -46,6 +47,7 @@ class LabelingClient:
             "score_threshold": options.get("score_threshold", 0.3),
             "classes": options.get("classes") or None,
         })
+        self._check_model(detect.model)
         sampling = validated(Sampling, {k: options[k] for k in ("every_nth", "target_fps", "start_s", "end_s")
                                         if options.get(k) is not None})
         return validated(JobSpec, {
@@ -70,8 +72,13 @@ class LabelingClient:
         batch_size: int | None = None,
         upload_threads: int = 8,
         on_frame: Callable[[int], None] | None = None,
+        replace: bool = False,
     ) -> str:
-        """Decode a local video or ``s3://`` URI, upload its sampled frames and enqueue them; returns the job id."""
+        """Decode a local video or ``s3://`` URI, upload its sampled frames and enqueue them; returns the job id.
+
+        A ``job_id`` used before for another video is refused before anything of it is overwritten,
+        unless ``replace``: then the new video's frames are labeled under it (see ``_previous``).
+        """
         spec = self._spec(str(source), job_id, {
             "model": model, "score_threshold": score_threshold, "classes": classes, "every_nth": every_nth,
             "target_fps": target_fps, "start_s": start_s, "end_s": end_s, "priority": priority,
@@ -79,12 +86,32 @@ class LabelingClient:
         with tempfile.TemporaryDirectory(prefix="autolabel-") as tmp:
             path = self._local_video(str(source), Path(tmp))
             video = probe_video(path)
-            frames = self._upload_frames(spec, path, upload_threads, on_frame)
+            previous = self._previous(job_id, replace)
+            frames = self._upload_frames(spec, path, upload_threads, on_frame, None if replace else previous)
         if not frames:
             raise InvalidInputError(f"sampling {spec.sampling.model_dump(exclude_none=True)} selects no frame "
                                     f"of {source} ({video.duration_s:.1f} s, {video.frame_count} frames)")
-        start_job(self.store, self.progress, self.celery, spec, frames, video)
+        start_job(self.store, self.progress, self.celery, spec, frames, video, previous=previous)
         return spec.job_id
+
+    def _previous(self, job_id: str | None, replace: bool) -> JobManifest | None:
+        """The manifest of an earlier submission under ``job_id``. Replacing one that is still
+        running is refused: its queued batches would label the new frames under the old ones' ids."""
+        previous = previous_manifest(self.store, job_id) if job_id else None
+        if previous is not None and replace:
+            try:
+                status = self.progress.status(previous.spec.job_id)
+            except JobNotFoundError:
+                return previous
+            if not status.ended:
+                raise InvalidInputError(f"job {job_id} is {status.state}; cancel it (`autolabel cancel {job_id}`) "
+                                        "or let it end before replacing it")
+        return previous
+
+    @staticmethod
+    def _refuse_other_frames(job_id: str, change: str) -> InvalidInputError:
+        return InvalidInputError(f"job {job_id} exists with other frames ({change}); replace it with "
+                                 "`--replace` (replace=True) or use another job id")
 
     def _local_video(self, source: str, tmp: Path) -> Path:
         if source.startswith("s3://"):
@@ -97,59 +124,103 @@ class LabelingClient:
             raise InvalidInputError(f"video {source} does not exist or is not a file")
         return path
 
-    def _upload_frames(self, spec: JobSpec, path: Path, threads: int,
-                       on_frame: Callable[[int], None] | None) -> list[FrameRef]:
-        """Encode and upload frames on a thread pool; at most 2 x threads frames are held in memory."""
+    def _upload_frames(self, spec: JobSpec, path: Path, threads: int, on_frame: Callable[[int], None] | None,
+                       previous: JobManifest | None) -> list[FrameRef]:
+        """Encode and upload frames on a thread pool; at most 2 x threads frames are held in memory.
+
+        With ``previous`` (an earlier submission under this job id) each frame is compared with the
+        one it would overwrite before it is uploaded: another image stops the upload and is refused.
+        """
         slots = threading.BoundedSemaphore(2 * threads)
-        refs: list[FrameRef] = []
-        pending: list[Future[None]] = []
+        pending: list[Future[FrameRef]] = []
         uploaded = 0
         lock = threading.Lock()
+        refused = threading.Event()
 
-        def upload(key: str, image: Any) -> None:
+        def upload(frame_id: str, key: str, frame: Any) -> FrameRef:
             nonlocal uploaded
             try:
-                self.store.put_bytes(key, encode_jpeg(image), "image/jpeg")
+                data = encode_jpeg(frame.image)
+                ref = FrameRef(frame_id=frame_id, key=key, index=frame.index, timestamp=frame.timestamp,
+                               sha256=content_hash(data))
+                if previous is not None and (change := changed_frame(previous, [ref])):
+                    refused.set()
+                    raise self._refuse_other_frames(spec.job_id, change)
+                if refused.is_set():
+                    return ref  # another frame was refused: the upload stops
+                self.store.put_bytes(key, data, "image/jpeg")
                 with lock:
                     uploaded += 1
                     if on_frame:
                         on_frame(uploaded)
+                return ref
             finally:
                 slots.release()
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for frame in iter_sampled_frames(path, spec.sampling):
+                if refused.is_set():
+                    break
                 frame_id = layout.video_frame_id(frame.index)
-                key = layout.frame_key(spec.job_id, frame_id)
-                refs.append(FrameRef(frame_id=frame_id, key=key, index=frame.index, timestamp=frame.timestamp))
                 slots.acquire()
-                pending.append(pool.submit(upload, key, frame.image))
-            for future in pending:
-                future.result()
-        return refs
+                pending.append(pool.submit(upload, frame_id, layout.frame_key(spec.job_id, frame_id), frame))
+            return [future.result() for future in pending]
 
     def submit_frames(self, frames: Iterable[FrameRef | dict[str, Any]], *, job_id: str | None = None,
                       model: str | None = None, score_threshold: float = 0.3,
                       classes: Sequence[str] | None = None, priority: int = 5,
-                      batch_size: int | None = None) -> str:
-        """Label frames already in the bucket; returns the job id."""
+                      batch_size: int | None = None, replace: bool = False) -> str:
+        """Label frames already in the bucket; returns the job id.
+
+        A ``job_id`` used before with other frames (a frame id naming another key, or another
+        ``sha256``) is refused unless ``replace``. Results are reused only for the same image bytes.
+        """
         refs = [frame if isinstance(frame, FrameRef) else validated(FrameRef, frame) for frame in frames]
         if not refs:
             raise InvalidInputError("frames: at least one frame is needed")
         spec = self._spec("frames", job_id, {"model": model, "score_threshold": score_threshold,
                                              "classes": classes, "priority": priority, "batch_size": batch_size})
-        start_job(self.store, self.progress, self.celery, spec, refs)
+        previous = self._previous(job_id, replace)
+        if previous is not None and not replace and (change := changed_frame(previous, refs)):
+            raise self._refuse_other_frames(spec.job_id, change)
+        start_job(self.store, self.progress, self.celery, spec, refs, previous=previous)
         return spec.job_id
+
+    def _check_model(self, model: str) -> None:
+        """Refuse, before anything is uploaded, a model name that is certainly unknown: no config of
+        that name in AUTOLABEL_CONFIGS_DIR and no live worker serving it. Without that directory on
+        this machine the name cannot be judged here (a worker may start later with its own configs;
+        the queues keep the job): ``wait`` and ``status`` then say that no worker takes it."""
+        configs = Path(self.settings.configs_dir) if self.settings.configs_dir else None
+        if configs is None or not configs.is_dir():
+            return
+        known = config_names(configs)
+        if model in known or unserved_for_s(self.progress.redis, model, since=time.time()) is None:
+            return
+        raise InvalidInputError(f"unknown model {model!r}: no config {model}.py in AUTOLABEL_CONFIGS_DIR={configs} "
+                                f"(known: {', '.join(known) or 'none'}) and no live worker serves it")
 
     def status(self, job_id: str) -> JobStatus:
         return self.progress.status(job_id)
+
+    def unserved_for_s(self, status: JobStatus) -> float | None:
+        """Seconds the job has gone without a live worker for its model; None while one is live or
+        once the job has ended."""
+        if status.ended:
+            return None
+        return unserved_for_s(self.progress.redis, status.model, since=status.created_at)
 
     def jobs(self, limit: int = 20) -> list[JobStatus]:
         return self.progress.recent(limit)
 
     def wait(self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5,
              on_update: Callable[[JobStatus], None] | None = None) -> JobStatus:
-        """Block until the job is done or cancelled, calling ``on_update`` on every poll."""
+        """Block until the job is done or cancelled, calling ``on_update`` on every poll.
+
+        Raises NoWorkerError once no live worker has served the job's model for
+        AUTOLABEL_NO_WORKER_TIMEOUT_S (an unknown model name, or no worker started): such a job
+        would be waited on forever.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.status(job_id)
@@ -157,6 +228,9 @@ class LabelingClient:
                 on_update(status)
             if status.ended:
                 return status
+            waited = self.unserved_for_s(status)
+            if waited is not None and waited >= self.settings.no_worker_timeout_s:
+                raise NoWorkerError(no_worker_message(job_id, status.model, waited))
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} not finished after {timeout} s: {status.finished}/{status.total}")
             time.sleep(poll_s)
