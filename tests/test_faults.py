@@ -6,6 +6,19 @@ middle of the job, waits for the job to end and checks the final exports: every 
 coco.json exactly once or failed with a reason, the COCO image ids are unique, and the exports
 were written once.
 
+The counts do not come from the exports or from Redis progress (``workerpool.count_frames``):
+the bucket has versioning on, so a second write of a frame's result is a second version of its
+object; each frame's forward passes are counted by the workers (``ProgressStore.passes``),
+before its result is written; and a frame is lost when the client listed it and there is
+neither a result object nor a failure for it. ``test_the_counts_catch_a_broken_worker`` shows
+that the counts fail on a worker that writes each result twice and on one that skips a write
+but records progress.
+
+A frame may go through the model twice only where a worker dies between the pass and the
+write (SIGKILL, the dead-lettered task, the 2,000-frame run) or a batch outlives its time limit
+(the object store outage: a batch fetched before the outage waits out the limit, its frames
+still pass, and the retry passes them again). Every other scenario asserts one pass per frame.
+
 Speed on 2 cores: the workers load the embedded model's config with a 320x192 canvas instead
 of 1280x720 (a copy in a temporary AUTOLABEL_CONFIGS_DIR): same weights, same code path, a
 sixteenth of the compute. Delivery settings are scaled down so recovery takes seconds: a
@@ -38,8 +51,11 @@ from workerpool import (
     MAX_DELIVERIES,
     MODEL,
     PROCESSES,
+    WORKER_ENV,
     Pool,
     Tally,
+    count_frames,
+    enable_versioning,
     job_frames,
     small_canvas_configs,
     tally,
@@ -68,7 +84,11 @@ from autolabel.settings import Settings
 from autolabel.storage import ObjectStore
 from autolabel.synth import render_frames
 from autolabel.video import encode_jpeg
+from autolabel_worker.batching import Batcher
 from autolabel_worker.delivery import Deliveries, LeaseBusy
+from autolabel_worker.detect import BatchTimeLimitExceeded, process_batch
+from autolabel_worker.models import ModelFiles
+from autolabel_worker.runtime import Runtime
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -78,6 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     # Its own services: the scenarios restart and pause them.
     with DevStack(workdir=tmp_path_factory.mktemp("fault-services")) as started:
         assert "--appendonly" in started.redis.argv and "yes" in started.redis.argv
+        enable_versioning(ObjectStore.from_settings(started.settings()))
         yield started
 
 
@@ -120,15 +141,19 @@ def lost_deliveries(client: LabelingClient) -> dict[str, int]:
     return {key.rsplit(":", 1)[1]: int(redis.get(key) or 0) for key in redis.scan_iter(Deliveries.count_key("*"))}
 
 
-def report(capsys: pytest.CaptureFixture[str], scenario: str, counts: Tally, seconds: float, note: str = "") -> None:
+def report(capsys: pytest.CaptureFixture[str], scenario: str, counts: Tally, seconds: float, note: str = "",
+           *, passes_again_allowed: bool = False) -> None:
+    """One line of the scenario table; ``passes_again_allowed`` marks the duplicated passes the scenario permits."""
     with capsys.disabled():
-        print(f"\n[fault] {scenario:<44} frames expected {counts.expected:>5} / labeled {counts.labeled:>5} / "
-              f"duplicated {counts.duplicated} / failed {counts.failed} / lost {counts.lost}  "
+        print(f"\n[fault] {scenario:<38} expected {counts.expected:>5} / labeled {counts.labeled:>5} / "
+              f"duplicated writes {counts.duplicated_writes} / duplicated passes {counts.duplicated_passes}"
+              f"{' (allowed)' if passes_again_allowed else ''} / failed {counts.failed} / lost {counts.lost}  "
               f"({seconds:.0f} s{', ' + note if note else ''})")
 
 
 def run_scenario(client: LabelingClient, pool: Pool, job_id: str, frames: list[FrameRef],
-                 fault: Callable[[], str], *, at: float = 0.25, timeout: float = 300) -> tuple[Tally, Summary, str]:
+                 fault: Callable[[], str], *, passes_again_allowed: bool, at: float = 0.25,
+                 timeout: float = 300) -> tuple[Tally, Summary, str]:
     pool.wait_ready()
     client.submit_frames(frames, job_id=job_id, model=MODEL, batch_size=4)
     wait_for_progress(client, job_id, at)
@@ -136,26 +161,37 @@ def run_scenario(client: LabelingClient, pool: Pool, job_id: str, frames: list[F
     note = fault()
     status = client.wait(job_id, timeout=timeout)
     assert status.state == JobState.DONE
-    counts, summary = tally(client.store, job_id, frames)
-    assert counts.lost == 0 and counts.duplicated == 0
-    assert pool.finalized(job_id) == 1
+    counts, summary = tally(client, job_id, frames)
+    counts.check(passes_again_allowed=passes_again_allowed)
+    assert pool.finalized(job_id) == 1 and counts.export_writes == 1
     return counts, summary, note
 
 
 def test_a_lease_admits_one_delivery_and_lapses_when_its_holder_dies(stack: DevStack) -> None:
+    """The renewals are watched, not raced against a sleep: on a busy machine a stall shorter
+    than the lease (3 s, renewed every second) changes nothing."""
     redis = redis_lib.Redis.from_url(stack.settings().broker_url, decode_responses=True)
-    deliveries = Deliveries(redis, lease_s=0.3)
+    deliveries = Deliveries(redis, lease_s=3)
+    key = Deliveries.lease_key("task-a")
     with deliveries.lease("task-a"):
-        time.sleep(1.0)  # three lease lengths: still held, because it is renewed
+        token, seen = redis.get(key), [redis.pttl(key)]
+
+        def renewed_twice() -> bool:
+            seen.append(redis.pttl(key))  # a renewal puts the time left back up
+            return sum(later > earlier for earlier, later in zip(seen, seen[1:])) >= 2
+
+        wait_until(renewed_twice, "two renewals of a held lease", 20)
+        assert redis.get(key) == token
         with pytest.raises(LeaseBusy), deliveries.lease("task-a"):
             pass
+    assert redis.get(key) is None  # released on exit
     with deliveries.lease("task-a"):
-        pass  # released on exit
+        pass
     # A holder that died renews nothing: its lease lapses after lease_s.
-    redis.set(Deliveries.lease_key("task-b"), "host/1/dead", px=300)
+    redis.set(Deliveries.lease_key("task-b"), "host/1/dead", px=1500)
     with pytest.raises(LeaseBusy), deliveries.lease("task-b"):
         pass
-    time.sleep(0.4)
+    wait_until(lambda: redis.get(Deliveries.lease_key("task-b")) is None, "the dead holder's lease to lapse", 10)
     with deliveries.lease("task-b"):
         pass
 
@@ -196,17 +232,117 @@ def test_a_task_that_fails_for_good_fails_its_frames(stack: DevStack, monkeypatc
     tasks.detect_frames.on_failure(ValueError("x"), "task-10", (), {"job_id": "../bad"}, None)  # malformed: ignored
 
 
+class SlowModel:
+    """Stands in for the detector where only time matters: each forward pass takes ``seconds``."""
+
+    classes = ("circle", "square", "triangle")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.frames = seconds, 0
+
+    def predict(self, images: list[object], score_threshold: float) -> list[list[object]]:
+        time.sleep(self.seconds)
+        self.frames += len(images)
+        return [[] for _ in images]
+
+
+def slow_runtime(stack: DevStack, model: SlowModel, batch_time_limit_s: float) -> Runtime:
+    settings = stack.settings(batch_time_limit_s=batch_time_limit_s)
+    return Runtime(settings=settings, store=ObjectStore.from_settings(settings),
+                   progress=ProgressStore.from_url(settings.broker_url),
+                   model=ModelFiles(MODEL, Path("unused.py"), Path("unused.pth"), "slow-model"),
+                   batcher=Batcher(lambda: model, max_batch=4))
+
+
+@pytest.mark.parametrize(("pass_s", "limit_s", "passed"), [(0.0, 10, True), (1.0, 0.5, True), (0.0, 0.001, False)],
+                         ids=["in-time", "pass-past-the-limit", "fetch-past-the-limit"])
+def test_each_frame_handed_to_the_model_counts_one_pass(stack: DevStack, frame_keys: list[str], pass_s: float,
+                                                        limit_s: float, passed: bool) -> None:
+    """Counted before the results are written; a batch past its time limit still runs (counted);
+    frames whose fetch used up the limit are retried without taking the device (not counted)."""
+    model = SlowModel(pass_s)
+    rt = slow_runtime(stack, model, limit_s)
+    job_id, frames = f"passes-{pass_s}-{limit_s}", job_frames(frame_keys, 3)
+    rt.progress.register(job_id, total=len(frames), model=MODEL, source="frames")
+    task = DetectTask(job_id=job_id, options=DetectOptions(model=MODEL), frames=frames)
+    try:
+        if limit_s < 10:
+            with pytest.raises(BatchTimeLimitExceeded):
+                process_batch(rt, task)
+        else:
+            assert process_batch(rt, task) is True
+        rt.batcher.call(lambda: None)  # after every frame handed over has been through the model
+    finally:
+        rt.batcher.close()
+    assert model.frames == (len(frames) if passed else 0)
+    assert rt.progress.passes(job_id) == ({f.frame_id: 1 for f in frames} if passed else {})
+
+
+BROKEN_WORKER = """\
+# A broken worker for test_faults.py ({bug}): every Python process started with this
+# directory on PYTHONPATH loads it.
+from autolabel.storage import ObjectStore
+
+_put_json = ObjectStore.put_json
+
+
+def put_json(self, key, value, metadata=None):
+    if "/detections/" in key:
+        if {bug!r} == "writes-twice":
+            _put_json(self, key, value, metadata)
+        elif key.endswith("3.json"):
+            return  # not written; the task goes on and records the frame as labeled
+    _put_json(self, key, value, metadata)
+
+
+ObjectStore.put_json = put_json
+"""
+
+
+@pytest.mark.parametrize("bug", ["writes-twice", "skips-a-write"])
+def test_the_counts_catch_a_broken_worker(bug: str, stack: DevStack, configs_dir: Path, frame_keys: list[str],
+                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The checks every scenario makes fail on a worker that writes each result twice, and on
+    one that skips a write but records the frame as labeled in Redis progress. One process with
+    the bug patched in (a sitecustomize.py), on a Redis database of its own."""
+    started = time.monotonic()
+    (tmp_path / "sitecustomize.py").write_text(BROKEN_WORKER.format(bug=bug))
+    broker_url = stack.settings().broker_url.rsplit("/", 1)[0] + "/1"
+    broken = Pool(stack, configs_dir, tmp_path / "pool.log", processes=1,
+                  env={**WORKER_ENV, "PYTHONPATH": str(tmp_path), "AUTOLABEL_BROKER_URL": broker_url})
+    client = LabelingClient(stack.settings(broker_url=broker_url))
+    job_id, frames = f"fault-broken-{bug}", job_frames(frame_keys, 16)
+    try:
+        broken.wait_ready()
+        client.submit_frames(frames, job_id=job_id, model=MODEL, batch_size=4)
+        wait_until(lambda: client.status(job_id).finished == len(frames), f"every frame of {job_id} recorded", 120)
+    finally:
+        broken.stop()
+    status = client.status(job_id)
+    assert (status.done, status.failed) == (len(frames), 0), "progress in Redis says every frame was labeled"
+    counts = count_frames(client, job_id, frames, status.failures)
+    with pytest.raises(AssertionError, match="duplicated writes" if bug == "writes-twice" else "frames lost"):
+        counts.check(passes_again_allowed=True)
+    if bug == "writes-twice":
+        assert (counts.duplicated_writes, counts.lost) == (len(frames), 0)
+    else:
+        assert (counts.duplicated_writes, counts.lost) == (0, 2)  # frames 00003 and 00013
+    report(capsys, f"broken worker: {bug}", counts, time.monotonic() - started, "the checks fail, as they must")
+
+
 def test_sigkill_of_a_worker_mid_batch(client: LabelingClient, pool: Pool, frame_keys: list[str],
                                        capsys: pytest.CaptureFixture[str]) -> None:
     frames, before, started = job_frames(frame_keys, 240), lost_deliveries(client), time.monotonic()
     rng = random.Random(1)
     counts, _, note = run_scenario(client, pool, "fault-sigkill", frames,
-                                   lambda: f"killed pid {pool.kill_busy(signal.SIGKILL, rng)}")
+                                   lambda: f"killed pid {pool.kill_busy(signal.SIGKILL, rng)}",
+                                   passes_again_allowed=True)
     lost = {task: n for task, n in lost_deliveries(client).items() if n > before.get(task, 0)}
     # The killed process held at least one task whose delivery never ended; it was delivered again.
     assert lost, "the SIGKILL hit no task in flight"
     assert counts.failed == 0
-    report(capsys, "SIGKILL mid-batch", counts, time.monotonic() - started, f"{note}, {len(lost)} deliveries lost")
+    report(capsys, "SIGKILL mid-batch", counts, time.monotonic() - started, f"{note}, {len(lost)} deliveries lost",
+           passes_again_allowed=True)
 
 
 def test_sigterm_of_a_worker_mid_batch(client: LabelingClient, pool: Pool, frame_keys: list[str],
@@ -214,7 +350,8 @@ def test_sigterm_of_a_worker_mid_batch(client: LabelingClient, pool: Pool, frame
     frames, before, started = job_frames(frame_keys, 240), lost_deliveries(client), time.monotonic()
     rng = random.Random(2)
     counts, _, note = run_scenario(client, pool, "fault-sigterm", frames,
-                                   lambda: f"SIGTERM to pid {pool.kill_busy(signal.SIGTERM, rng)}")
+                                   lambda: f"SIGTERM to pid {pool.kill_busy(signal.SIGTERM, rng)}",
+                                   passes_again_allowed=False)
     # Warm shutdown: the batches in hand were finished and acknowledged, none was abandoned.
     assert {task: n for task, n in lost_deliveries(client).items() if n > before.get(task, 0)} == {}
     assert counts.failed == 0
@@ -232,7 +369,7 @@ def test_redis_restart_mid_job(stack: DevStack, client: LabelingClient, pool: Po
         stack.redis.start()
         return f"redis-server pid {pid} down 3 s, AOF reloaded"
 
-    counts, _, note = run_scenario(client, pool, "fault-redis-restart", frames, restart)
+    counts, _, note = run_scenario(client, pool, "fault-redis-restart", frames, restart, passes_again_allowed=False)
     assert counts.failed == 0
     report(capsys, "redis-server restarted (AOF) mid-job", counts, time.monotonic() - started, note)
 
@@ -253,9 +390,11 @@ def test_object_store_unavailable_for_20_s(stack: DevStack, client: LabelingClie
             os.kill(process.pid, signal.SIGCONT)
         return "S3 server SIGSTOPped for 20 s"
 
-    counts, _, note = run_scenario(client, pool, "fault-s3-outage", frames, pause, timeout=400)
+    counts, _, note = run_scenario(client, pool, "fault-s3-outage", frames, pause, timeout=400,
+                                   passes_again_allowed=True)
     assert counts.failed == 0
-    report(capsys, "object store unavailable 20 s", counts, time.monotonic() - started, note)
+    report(capsys, "object store unavailable 20 s", counts, time.monotonic() - started, note,
+           passes_again_allowed=True)
 
 
 def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: LabelingClient, pool: Pool,
@@ -295,8 +434,8 @@ def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: Labelin
 
     status = client.wait(job_id, timeout=300)
     assert status.state == JobState.DONE
-    counts, summary = tally(store, job_id, frames)
-    assert counts.lost == 0 and counts.duplicated == 0
+    counts, summary = tally(client, job_id, frames)
+    counts.check(passes_again_allowed=True)
     assert pool.finalized(job_id) == 1
     failed = {f.frame_id: f.reason for f in summary.failed_frames}
     assert set(failed) == {f.frame_id for f in poison + doomed}
@@ -309,7 +448,7 @@ def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: Labelin
     assert f"dead letter: task {doomed_task} after {MAX_DELIVERIES} lost deliveries" in shown
     assert "failed poison-garbage: FrameError" in shown
     report(capsys, "poison frames + dead-lettered task", counts, time.monotonic() - started,
-           f"{len(poison)} poison, {len(doomed)} dead-lettered after killing pids {killed}")
+           f"{len(poison)} poison, {len(doomed)} dead-lettered after killing pids {killed}", passes_again_allowed=True)
 
 
 def test_a_delivery_of_a_running_task_waits_for_its_lease(client: LabelingClient, pool: Pool,
@@ -331,8 +470,9 @@ def test_a_delivery_of_a_running_task_waits_for_its_lease(client: LabelingClient
         assert client.status(job_id).done == 0
     status = client.wait(job_id, timeout=60)
     assert (status.state, status.done) == (JobState.DONE, len(frames))
-    counts, _ = tally(client.store, job_id, frames)
-    assert (counts.labeled, counts.duplicated, counts.lost) == (len(frames), 0, 0)
+    counts, _ = tally(client, job_id, frames)
+    counts.check(passes_again_allowed=False)
+    assert counts.labeled == len(frames)
 
 
 def test_bad_messages_are_refused_and_the_workers_go_on(client: LabelingClient, pool: Pool,
@@ -439,13 +579,17 @@ def test_resubmission_and_retry_skip_results_already_made(client: LabelingClient
     assert [v for d in after.detections for v in (*d.box, d.score)] == pytest.approx(
         [v for d in before.detections for v in (*d.box, d.score)], abs=1e-4)
     assert {k: v for k, v in again.items() if k != gone} == {k: v for k, v in first.items() if k != gone}
-    counts, _ = tally(client.store, job_id, frames)
-    assert (counts.labeled, counts.duplicated, counts.lost) == (len(frames), 0, 0)
+    counts, _ = tally(client, job_id, frames)
+    # Written twice and passed twice: only the frame whose result was deleted; nothing lost.
+    assert (counts.labeled, counts.lost, counts.uncounted) == (len(frames), 0, [])
+    assert counts.rewritten == counts.passed_again == {frames[1].frame_id: 1}
 
 
 def test_2000_frames_on_3_workers_two_killed_at_random(client: LabelingClient, pool: Pool, frame_keys: list[str],
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     seed = int(os.environ.get("AUTOLABEL_FAULT_SEED", time.time_ns() % 10_000))
+    with capsys.disabled():  # before anything can fail: AUTOLABEL_FAULT_SEED replays the run
+        print(f"\n[fault] 2,000 frames: seed {seed}")
     rng, frames, job_id, started = random.Random(seed), job_frames(frame_keys, 2000), "fault-2000", time.monotonic()
     pool.wait_ready()
     client.submit_frames(frames, job_id=job_id, model=MODEL, batch_size=8)
@@ -455,8 +599,9 @@ def test_2000_frames_on_3_workers_two_killed_at_random(client: LabelingClient, p
         victims.append(pool.kill_busy(signal.SIGKILL, rng, spare=frozenset(victims)))
     status = client.wait(job_id, timeout=420)
     assert status.state == JobState.DONE
-    counts, _ = tally(client.store, job_id, frames)
-    assert counts.lost == 0 and counts.duplicated == 0 and counts.failed == 0
+    counts, _ = tally(client, job_id, frames)
+    counts.check(passes_again_allowed=True)
+    assert counts.failed == 0 and counts.export_writes == 1
     assert pool.finalized(job_id) == 1
-    report(capsys, f"2,000 frames, 3 workers, 2 SIGKILLs (seed {seed})", counts, time.monotonic() - started,
-           f"killed pids {victims}")
+    report(capsys, "2,000 frames, 3 workers, 2 SIGKILLs", counts, time.monotonic() - started,
+           f"seed {seed}, killed pids {victims}", passes_again_allowed=True)

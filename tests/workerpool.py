@@ -2,7 +2,8 @@
 
 Pool starts `autolabel worker` as a subprocess against a DevStack and probes its /ready
 endpoint; it finds the processes in the middle of a batch (they hold a task's lease) and
-signals them. ``tally`` counts a job's final exports.
+signals them. ``count_frames`` counts a job from the bucket (with versioning on) and the
+workers' pass counts; ``tally`` checks the exports and counts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ import redis as redis_lib
 
 from autolabel import layout
 from autolabel.client import LabelingClient
-from autolabel.contract import FrameRef
+from autolabel.contract import FrameRef, JobManifest
 from autolabel.devservices import DevStack, free_port, wait_until
 from autolabel.exports import CocoFile, LabelStudioTask, Summary
 from autolabel.storage import ObjectStore
@@ -61,7 +63,8 @@ class Pool:
                  threads: int = THREADS, env: Mapping[str, str] = WORKER_ENV) -> None:
         """``env``: settings for the worker processes on top of the stack's (PYTHONPATH, AUTOLABEL_*)."""
         self.stack, self.port, self.log_path = stack, free_port(), log_path
-        self.redis = redis_lib.Redis.from_url(stack.settings().broker_url, decode_responses=True)
+        self.redis = redis_lib.Redis.from_url(env.get("AUTOLABEL_BROKER_URL", stack.settings().broker_url),
+                                              decode_responses=True)
         self.log = log_path.open("wb")
         self.launcher = subprocess.Popen(
             [str(BIN / "autolabel"), "worker", "--devices", "cpu", "--procs-per-device", str(processes),
@@ -77,9 +80,13 @@ class Pool:
             return exc.code, json.load(exc)
 
     def wait_ready(self, timeout: float = 300) -> None:
-        if self.launcher.poll() is not None:
-            raise RuntimeError(f"the worker pool exited; see {self.log_path}")
-        wait_until(lambda: self.status()[0] == 200, "every worker process warmed up", timeout)
+        def ready() -> bool:
+            if self.launcher.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the worker pool exited with {self.launcher.returncode}; {self.log_path} ends:\n{tail}")
+            return self.status()[0] == 200
+
+        wait_until(ready, "every worker process warmed up", timeout)
 
     def pids(self) -> set[int]:
         return {process["pid"] for process in self.status()[1]["processes"]}
@@ -128,11 +135,35 @@ class Pool:
 
 @dataclass
 class Tally:
+    """A job's frames, counted from what the exports are not built from: the bucket's listing
+    (frame uploads, result objects and every version of each), the workers' per-frame pass
+    counts, and the failed list. Redis progress (the done set) is not used."""
+
     expected: int
-    labeled: int
+    labeled: int  # frames with a result object in the bucket
     failed: int
-    duplicated: int
-    lost: int
+    lost: int  # expected, without a result object and not failed
+    rewritten: dict[str, int]  # frame id -> writes of its result beyond the first (bucket versions)
+    passed_again: dict[str, int]  # frame id -> forward passes beyond the first (the workers' count)
+    uncounted: list[str]  # frames with a result object and no pass counted: the pass count is incomplete
+    export_writes: int  # versions of the most-written export file
+
+    @property
+    def duplicated_writes(self) -> int:
+        return sum(self.rewritten.values())
+
+    @property
+    def duplicated_passes(self) -> int:
+        return sum(self.passed_again.values())
+
+    def check(self, *, passes_again_allowed: bool) -> None:
+        """What every fault scenario asserts: nothing lost, no result written twice, each pass counted;
+        a frame passed twice only where the scenario allows it (a kill between the pass and the write)."""
+        assert self.lost == 0, f"{self.lost} frames lost: neither a result object nor failed"
+        assert self.duplicated_writes == 0, f"duplicated writes: {self.rewritten}"
+        assert self.uncounted == [], f"frames labeled without a counted pass: {self.uncounted[:10]}"
+        if not passes_again_allowed:
+            assert self.duplicated_passes == 0, f"duplicated passes: {self.passed_again}"
 
 
 def job_frames(keys: list[str], count: int) -> list[FrameRef]:
@@ -144,8 +175,59 @@ def wait_for_progress(client: LabelingClient, job_id: str, share: float, timeout
     wait_until(lambda: (s := client.status(job_id)).finished >= share * s.total, f"{share:.0%} of {job_id}", timeout)
 
 
-def tally(store: ObjectStore, job_id: str, frames: list[FrameRef]) -> tuple[Tally, Summary]:
-    """Count the final exports; fails on anything that is neither labeled once nor failed with a reason."""
+def enable_versioning(store: ObjectStore) -> None:
+    """Every write of an object stays as a version: a result written twice shows in the listing."""
+    store.client.put_bucket_versioning(Bucket=store.bucket, VersioningConfiguration={"Status": "Enabled"})
+
+
+def _versions(store: ObjectStore, prefix: str) -> Counter[str]:
+    """Writes per key under ``prefix``: object versions, delete markers left out."""
+    writes: Counter[str] = Counter()
+    for page in store.client.get_paginator("list_object_versions").paginate(Bucket=store.bucket, Prefix=prefix):
+        writes.update(version["Key"] for version in page.get("Versions", []))
+    return writes
+
+
+def _listed(store: ObjectStore, prefix: str) -> set[str]:
+    keys: set[str] = set()
+    for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
+        keys.update(item["Key"] for item in page.get("Contents", []))
+    return keys
+
+
+def count_frames(client: LabelingClient, job_id: str, frames: list[FrameRef], failed: Mapping[str, str]) -> Tally:
+    """Count the job in the bucket and the workers' pass counts (``failed``: the job's failed list).
+
+    Expected frames are the client's own list, the manifest in the bucket and any frame objects
+    the producer uploaded under the job; they must agree.
+    """
+    store, prefix = client.store, layout.job_prefix(job_id)
+    expected = {f.frame_id for f in frames}
+    manifest = JobManifest.model_validate(store.get_json(layout.manifest_key(job_id)))
+    assert {f.frame_id for f in manifest.frames} == expected, "the manifest in the bucket lists other frames"
+    uploaded = {key.removeprefix(prefix + "frames/").removesuffix(".jpg") for key in _listed(store, prefix + "frames/")}
+    assert uploaded <= expected, f"frames uploaded that the job does not list: {sorted(uploaded - expected)[:10]}"
+    results = {key.removeprefix(prefix + "detections/").removesuffix(".json")
+               for key in _listed(store, prefix + "detections/")}
+    assert results <= expected, f"results for frames the job does not have: {sorted(results - expected)[:10]}"
+    writes = _versions(store, prefix)
+    passes = client.progress.passes(job_id)
+    return Tally(
+        expected=len(expected), labeled=len(results), failed=len(set(failed) & expected),
+        lost=len(expected - results - set(failed)),
+        rewritten={frame_id: n - 1 for frame_id in expected
+                   if (n := writes[layout.detection_key(job_id, frame_id)]) > 1},
+        passed_again={frame_id: n - 1 for frame_id, n in passes.items() if n > 1},
+        uncounted=sorted(frame_id for frame_id in results if passes.get(frame_id, 0) == 0),
+        export_writes=max(writes[layout.export_key(job_id, name)] for name in layout.EXPORT_NAMES),
+    )
+
+
+def tally(client: LabelingClient, job_id: str, frames: list[FrameRef]) -> tuple[Tally, Summary]:
+    """Check the final exports against each other and against the bucket, and count the job
+    (``count_frames``, with the summary's failed list); fails on a frame that is neither labeled
+    once nor failed with a reason."""
+    store = client.store
     coco = CocoFile.model_validate(store.get_json(layout.export_key(job_id, "coco.json")))
     studio = [LabelStudioTask.model_validate(t) for t in store.get_json(layout.export_key(job_id, "labelstudio.json"))]
     summary = Summary.model_validate(store.get_json(layout.export_key(job_id, "summary.json")))
@@ -153,11 +235,12 @@ def tally(store: ObjectStore, job_id: str, frames: list[FrameRef]) -> tuple[Tall
     assert len(set(image_ids)) == len(image_ids), "COCO image ids repeat"
     assert {a.image_id for a in coco.annotations} <= set(image_ids)
     labeled = [image.frame_id for image in coco.images]
+    assert len(set(labeled)) == len(labeled), "a frame is in coco.json twice"
     assert sorted(str(t.data["frame_id"]) for t in studio) == sorted(labeled)
     failed = {f.frame_id: f.reason for f in summary.failed_frames}
     assert all(reason.strip() for reason in failed.values())
     assert not set(labeled) & set(failed), "a frame is both labeled and failed"
-    expected = {f.frame_id for f in frames}
-    lost = expected - set(labeled) - set(failed)
-    assert sorted(summary.missing_frames) == sorted(lost)
-    return Tally(len(expected), len(set(labeled)), len(failed), len(labeled) - len(set(labeled)), len(lost)), summary
+    counts = count_frames(client, job_id, frames, failed)
+    assert sorted(summary.missing_frames) == sorted({f.frame_id for f in frames} - set(labeled) - set(failed))
+    assert counts.labeled == len(labeled), "coco.json and the result objects in the bucket disagree"
+    return counts, summary

@@ -12,6 +12,7 @@ from autolabel import layout
 from autolabel.contract import DetectOptions, DetectTask, FrameRef, FrameResult
 from autolabel.errors import AutolabelError
 from autolabel.storage import ObjectStore
+from autolabel_worker.delivery import _settle
 from autolabel_worker.frames import load_frames
 from autolabel_worker.runtime import Runtime
 
@@ -88,13 +89,22 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "") -> bool:
     results: list[FrameResult] = []
     if frames:
         left = rt.settings.batch_time_limit_s - (time.monotonic() - started)
+        frame_ids = [frame.ref.frame_id for frame in frames]
+        late = BatchTimeLimitExceeded(f"job {job_id}: {len(frames)} frames not through the model within "
+                                      f"{rt.settings.batch_time_limit_s:.0f} s")
+        if left <= 0:
+            raise late  # the fetch took the whole limit: retried before the frames take the device
         try:
             outcome = rt.batcher.predict([frame.image for frame in frames], options.score_threshold, timeout=left)
         except TimeoutError as exc:
-            raise BatchTimeLimitExceeded(f"job {job_id}: {len(frames)} frames not through the model within "
-                                         f"{rt.settings.batch_time_limit_s:.0f} s") from exc
-        rt.progress.add_timing(job_id, frames=len(frames), device_seconds=outcome.device_seconds,
-                               frames_per_pass=sum(outcome.pass_sizes))
+            # The frames still go through the model when their turn comes, for nothing: counted as passed.
+            rt.progress.count_passes(job_id, frame_ids)
+            raise late from exc
+        # Counted before the results are written, so a pass whose results never land shows as a
+        # second pass of those frames. Waits out a Redis restart: failing here would throw the pass away.
+        _settle(f"count the passes of job {job_id}", lambda: rt.progress.add_timing(
+            job_id, frame_ids=frame_ids, device_seconds=outcome.device_seconds,
+            frames_per_pass=sum(outcome.pass_sizes)))
         keep = set(options.classes) if options.classes else None
         for frame, detections in zip(frames, outcome.results):
             if isinstance(detections, BaseException):
