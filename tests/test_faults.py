@@ -37,6 +37,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -75,7 +76,7 @@ from autolabel.contract import (
     queue_for,
 )
 from autolabel.celery_app import make_celery
-from autolabel.devservices import DevStack, Service, free_port, wait_until
+from autolabel.devservices import DevStack, Service, free_port, redis_service, wait_until
 from autolabel.errors import StorageError
 from autolabel.exports import Summary
 from autolabel.jobs import enqueue_frames
@@ -512,6 +513,21 @@ def test_bad_messages_are_refused_and_the_workers_go_on(client: LabelingClient, 
     redis = client.progress.redis
     wait_until(lambda: redis.hlen("unacked") == 0, "no message left unacknowledged", 30)
     assert sum(redis.llen(key) for key in redis.scan_iter(f"{queue}*") if redis.type(key) == "list") == 0
+
+
+def test_redis_restarts_on_a_port_no_other_process_is_given(tmp_path: Path) -> None:
+    """The Redis restart scenario keeps its port: it lies outside the kernel's ephemeral range
+    (no bind to port 0, no outgoing connection gets it), and a start that finds it taken says so."""
+    server = redis_service(tmp_path)
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert not low <= server.port <= high
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", server.port))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match=f"port {server.port} is taken by another process"):
+            server.start()
+    server.start()
+    server.stop()
 
 
 def test_redis_password_and_tls_urls_pass_through(tmp_path: Path) -> None:
