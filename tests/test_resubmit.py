@@ -144,6 +144,14 @@ def test_another_video_under_a_used_job_id_is_refused_unless_replaced(
     assert objects(store, job_id, "detections/") == results
     assert write_times(store, list(results)) == made
 
+    # A frame whose image is gone keeps its result: the manifest's sha256 names the image it was made from.
+    store.delete_keys([layout.frame_key(job_id, ids[0])])
+    client.progress.redis.srem(f"autolabel:job:{job_id}:done", ids[0])  # as if its record was lost
+    assert client.retry(job_id) == 1
+    status = client.wait(job_id, timeout=120)
+    assert (status.done, status.failed) == (second.frames, 0)
+    assert objects(store, job_id, "detections/") == results
+
 
 def upload_frames(store: ObjectStore, video: Video, prefix: str, count: int) -> list[FrameRef]:
     """A backend's frames, uploaded under its own keys; no content hash given."""
