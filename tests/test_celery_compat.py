@@ -1,4 +1,4 @@
-"""A backend with only Celery, and `celery inspect` / Flower, against a real worker.
+"""A backend with only Celery, `celery inspect` and Flower against a real worker; bad queue items.
 
 One real `autolabel worker` (1 process, 1 thread: tasks run one at a time, in the order the worker
 takes them) on the session's redis-server and S3 server. The "plain" app is what a backend or
@@ -7,6 +7,8 @@ takes them) on the session's redis-server and S3 server. The "plain" app is what
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +19,14 @@ from celery import Celery
 from PIL import Image
 
 from autolabel.client import LabelingClient
-from autolabel.contract import TASK_SUBMIT, FrameRef, SubmitFramesTask, queue_for
+from autolabel.contract import TASK_DETECT, TASK_SUBMIT, FrameRef, SubmitFramesTask, queue_for
 from autolabel.devservices import DevStack, wait_until
 from autolabel.errors import JobNotFoundError
 from autolabel.progress import JobState, JobStatus
 from autolabel.storage import ObjectStore
 from autolabel.synth import render_frames
 from autolabel.video import encode_jpeg
+from autolabel_worker.broker import BAD_MESSAGES_KEY, BadMessage
 from workerpool import MODEL, Pool, small_canvas_configs
 
 pytestmark = pytest.mark.integration
@@ -145,3 +148,58 @@ def test_priorities_order_work_the_same_on_both_paths(pool: Pool, plain: Celery,
     # One thread: each job's frames were labeled before the next job's first frame.
     for earlier, later in zip(order, order[1:]):
         assert spans[earlier][1] <= spans[later][0], (earlier, later, spans)
+
+
+def envelope(headers: object, body: str = "[[], {}, {}]", **properties: object) -> bytes:
+    """A kombu message as a Redis list holds it: a JSON envelope around the base64 body."""
+    return json.dumps({
+        "body": base64.b64encode(body.encode()).decode(), "content-encoding": "utf-8",
+        "content-type": "application/json", "headers": headers,
+        "properties": {"delivery_tag": "tag-1", "body_encoding": "base64", "priority": 0,
+                       "delivery_info": {"exchange": "", "routing_key": QUEUE}, **properties}}).encode()
+
+
+# Each of these killed the worker process: kombu could not decode it.
+NOT_MESSAGES = [
+    b"plain text",
+    b'{"unterminated": ',
+    b"[1, 2, 3]",
+    b'"a JSON string"',
+    b'{"body": "eyJ4IjogMX0=", "headers": {}}',
+    envelope({}, body="x", delivery_tag=None),
+    envelope("headers that are a string"),
+    envelope({"task": TASK_DETECT, "id": "t-1"}, delivery_info={}),
+    bytes(range(256)),
+]
+# kombu messages that are not Celery task messages: each made the worker reconnect to Redis, get it
+# back and fail again, several times a second.
+NOT_TASKS = [
+    envelope({"task": TASK_DETECT}),
+    envelope({"task": TASK_DETECT, "id": "t-2"}, body="5"),
+    envelope({"task": TASK_DETECT, "id": "t-3"}, body="[1, 2]"),
+]
+
+
+def test_items_on_the_queue_that_are_not_task_messages_are_kept_aside(pool: Pool, client: LabelingClient,
+                                                                      frame_keys: list[str]) -> None:
+    pool.wait_ready()
+    pids, redis = pool.pids(), client.progress.redis
+    kept_before, unacked_before = redis.llen(BAD_MESSAGES_KEY), redis.hlen("unacked")
+    for item in NOT_MESSAGES + NOT_TASKS:
+        redis.lpush(QUEUE, item)
+    count = len(NOT_MESSAGES) + len(NOT_TASKS)
+    wait_until(lambda: redis.llen(BAD_MESSAGES_KEY) - kept_before == count, "the items kept aside", 20)
+    kept = [BadMessage.model_validate_json(raw) for raw in reversed(redis.lrange(BAD_MESSAGES_KEY, 0, count - 1))]
+    for record, item in zip(kept, NOT_MESSAGES):
+        data = record.data.encode() if record.encoding == "utf-8" else base64.b64decode(record.data)
+        assert data == item and record.list == QUEUE and record.reason, record
+    for record, item in zip(kept[len(NOT_MESSAGES):], NOT_TASKS):
+        headers = json.loads(item)["headers"]
+        assert record.reason.startswith("not a Celery task message") and json.loads(record.data)["headers"] == headers
+    client.submit_frames(frames(frame_keys), job_id="after-garbage", model=MODEL, batch_size=2)
+    assert wait_done(client, "after-garbage").done == len(frame_keys)
+    assert pool.pids() == pids, "an item on the queue took the worker process down"
+    log = pool.log_path.read_text(errors="replace")
+    assert log.count("is not a task message") == count
+    assert "Unrecoverable error" not in log and "Connection to broker lost" not in log
+    assert redis.hlen("unacked") <= unacked_before, "an item stayed unacknowledged (it would come back)"
