@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +204,34 @@ def test_items_on_the_queue_that_are_not_task_messages_are_kept_aside(pool: Pool
     assert log.count("is not a task message") == count
     assert "Unrecoverable error" not in log and "Connection to broker lost" not in log
     assert redis.hlen("unacked") <= unacked_before, "an item stayed unacknowledged (it would come back)"
+
+
+def test_a_malformed_payload_is_one_log_line_and_its_reason_reaches_flower(pool: Pool, plain: Celery,
+                                                                           client: LabelingClient) -> None:
+    """Flower reads a task's failure from the task-failed event's exception field."""
+    pool.wait_ready()
+    events: list[dict[str, Any]] = []
+    with plain.connection_for_read() as connection:
+        receiver = plain.events.Receiver(connection, handlers={"*": events.append})
+        listening = threading.Thread(target=receiver.capture, kwargs={"limit": None, "timeout": None}, daemon=True)
+        listening.start()
+        try:
+            wait_until(lambda: any(e["type"] == "worker-heartbeat" for e in events), "the worker's events", 30)
+            log_before = pool.log_path.stat().st_size
+            task_id = "malformed-payload-1"
+            client.celery.send_task(TASK_DETECT, task_id=task_id, queue=QUEUE, kwargs={
+                "job_id": "j", "options": {"model": MODEL}, "frames": [{"frame_id": "a", "key": "/etc/passwd"}]})
+            wait_until(lambda: any(e["type"] == "task-failed" and e["uuid"] == task_id for e in events),
+                       "the task-failed event", 30)
+        finally:
+            receiver.should_stop = True
+            listening.join(10)
+    failed = next(e for e in events if e["type"] == "task-failed" and e["uuid"] == task_id)
+    assert "frames.0.key" in failed["exception"] and "relative" in failed["exception"], failed["exception"]
+    time.sleep(0.5)  # anything the worker logs after the event
+    with pool.log_path.open("rb") as log:
+        log.seek(log_before)
+        lines = log.read().decode(errors="replace").splitlines()
+    about = [line for line in lines if task_id in line]
+    assert "Traceback" not in "\n".join(lines) and len(lines) <= 3, "\n".join(lines)
+    assert sum("frames.0.key" in line for line in about) == 1, "\n".join(lines)
