@@ -69,7 +69,8 @@ COPY producer/ /src/producer/
 COPY worker/ /src/worker/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # opencv-python is what mmcv asks for, and it needs libGL; the headless build of the same version
-# provides the same cv2 without it. Headers and tests are not needed to run. Versions come from the
+# provides the same cv2 without it. Headers, tests and triton (0.7 GB; torch.compile's, which the
+# worker does not use) are not needed to run. Versions come from the
 # lock (-c) and --no-cache-dir is in "${index[@]}", where hadolint does not look.
 # hadolint ignore=DL3013,DL3042
 RUN index=(--no-cache-dir --find-links /wheels) \
@@ -79,7 +80,7 @@ RUN index=(--no-cache-dir --find-links /wheels) \
     && cv="$(pip show opencv-python | sed -n 's/^Version: //p')" \
     && pip uninstall -y opencv-python \
     && pip install "${index[@]}" --no-deps "opencv-python-headless==$cv" \
-    && pip uninstall -y pip setuptools wheel \
+    && pip uninstall -y triton pip setuptools wheel \
     && site=/opt/autolabel/lib/python3.11/site-packages \
     && rm -rf "$site/torch/include" "$site"/*/tests "$site"/torch/test \
     && python -c "import cv2, mmcv.ops, mmdet, torch, autolabel_worker.app"
