@@ -70,5 +70,5 @@ def test_secret_files_are_read_and_the_environment_wins(tmp_path: Path, monkeypa
 
 @pytest.mark.parametrize("field", ["batch_time_limit_s", "lease_s"])
 def test_delivery_limits_stay_below_the_visibility_timeout(field: str) -> None:
-    with pytest.raises(ValidationError, match=f"{field} .* must be below visibility_timeout_s"):
+    with pytest.raises(ValidationError, match=f"AUTOLABEL_{field.upper()} must be below AUTOLABEL_VISIBILITY_TIMEOUT_S"):
         Settings(_env_file=None, **{"visibility_timeout_s": 60, "batch_time_limit_s": 30, "lease_s": 10, field: 60})

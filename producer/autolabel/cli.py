@@ -40,12 +40,13 @@ def main() -> None:
 
 @main.command()
 @click.option("--producer", is_flag=True, help="Skip the ML-stack checks (a producer-only install).")
-def doctor(producer: bool) -> None:
+@click.option("--create-bucket", is_flag=True, help="Create AUTOLABEL_BUCKET first if it does not exist.")
+def doctor(producer: bool, create_bucket: bool) -> None:
     """Check the installed stack, the settings and the services; exit non-zero on any failure."""
-    from autolabel.doctor import report, run_checks
+    from autolabel.doctor import diagnose, report
 
-    settings = get_settings()
-    if not report(run_checks(settings, ml_stack=not producer), settings, click.echo):
+    checks, settings = diagnose(ml_stack=not producer, create_bucket=create_bucket)
+    if not report(checks, settings, click.echo):
         sys.exit(1)
 
 

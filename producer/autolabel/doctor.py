@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from autolabel.settings import Settings
+from autolabel.errors import BrokerError, BucketNotFoundError, SettingsError
+from autolabel.settings import Settings, get_settings
 
 # The versions the lock file pins; anything else is the version matrix users lost weeks to.
 EXPECTED_VERSIONS = {"torch": "2.13.0", "mmcv": "2.1.0", "mmengine": "0.10.7", "mmdet": "3.3.0"}
@@ -68,46 +69,70 @@ def check_mmcv() -> list[Check]:
 
 
 def check_redis(settings: Settings) -> Check:
-    import redis
+    from autolabel.progress import ping_broker
 
     try:
-        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2).ping()
-    except Exception as exc:
-        return Check("redis", False, f"{settings.masked()['broker_url']} does not answer ({exc})",
+        ping_broker(settings.broker_url)
+    except BrokerError as exc:
+        return Check("redis", False, f"{settings.masked()['broker_url']} does not answer ({exc.__cause__})",
                      "start redis-server or set AUTOLABEL_BROKER_URL to a reachable Redis")
     return Check("redis", True, f"{settings.masked()['broker_url']} answers")
 
 
-def check_object_store(settings: Settings) -> Check:
+def check_object_store(settings: Settings, *, create_bucket: bool = False) -> Check:
     from autolabel.storage import ObjectStore
 
     where = f"bucket {settings.bucket!r} at {settings.s3_endpoint_url or 'AWS S3'}"
+    store = ObjectStore.from_settings(settings, connect_timeout=2, retries=0)
     try:
-        ObjectStore.from_settings(settings, connect_timeout=2, retries=0).check_bucket()
+        if create_bucket:
+            store.ensure_bucket()
+        store.check_bucket()
+    except BucketNotFoundError:
+        return Check("object store", False, f"{where} does not exist",
+                     "`autolabel doctor --create-bucket` creates it, or set AUTOLABEL_BUCKET to an existing bucket")
     except Exception as exc:
         return Check("object store", False, f"{where} does not answer ({exc})",
                      "start the S3 server, create the bucket, or fix AUTOLABEL_S3_* / AUTOLABEL_BUCKET")
     return Check("object store", True, f"{where} answers")
 
 
-def run_checks(settings: Settings, *, ml_stack: bool = True) -> list[Check]:
+def diagnose(*, ml_stack: bool = True, create_bucket: bool = False) -> tuple[list[Check], Settings | None]:
+    """Every check, with the settings read from the environment; refused settings are failed checks
+    (the variable and the reason, never the value: it can be a secret) and the services go unchecked,
+    since where they are is unknown."""
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        refused = [Check(name, False, reason, f"set {name} to a valid value or unset it (README: Settings)")
+                   for name, reason in exc.problems]
+        return run_checks(None, ml_stack=ml_stack) + refused, None
+    return run_checks(settings, ml_stack=ml_stack, create_bucket=create_bucket), settings
+
+
+def run_checks(settings: Settings | None, *, ml_stack: bool = True, create_bucket: bool = False) -> list[Check]:
+    """The stack's checks, and the services' where there are settings to find them by."""
     checks = [Check("python", sys.version_info[:2] == (3, 11), platform.python_version(),
                     "use Python 3.11, the version the lock file is made for")]
     if ml_stack:
         checks += check_torch()
         checks += check_mmcv()
         checks += [_version_check("mmengine"), _version_check("mmdet")]
-    checks += [check_redis(settings), check_object_store(settings)]
+    if settings is not None:
+        checks += [check_redis(settings), check_object_store(settings, create_bucket=create_bucket)]
     return checks
 
 
-def report(checks: list[Check], settings: Settings, echo: Callable[[str], None]) -> bool:
+def report(checks: list[Check], settings: Settings | None, echo: Callable[[str], None]) -> bool:
     """Print every check and the masked settings; return whether all checks passed."""
     for check in checks:
         echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<13} {check.detail}")
-    echo("settings:")
-    for name, value in settings.masked().items():
-        echo(f"     {name:<21} {value}")
+    if settings is None:
+        echo("settings: refused (above); Redis and the object store are not checked until they are fixed")
+    else:
+        echo("settings:")
+        for name, value in settings.masked().items():
+            echo(f"     {name:<21} {value}")
     failed = [check for check in checks if not check.ok]
     for check in failed:
         echo(f"fix: {check.name}: {check.fix}")

@@ -11,6 +11,14 @@ class ConfigError(AutolabelError):
     """A setting is missing or has a value that cannot work."""
 
 
+class SettingsError(ConfigError):
+    """Settings were refused: ``problems`` holds (variable name, reason) pairs; values are never shown."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{name}: {reason}" for name, reason in problems))
+
+
 class InvalidInputError(AutolabelError, ValueError):
     """Input (a payload, a job id, a video, a frame) was refused; the message names the field."""
 
@@ -21,6 +29,18 @@ class StorageError(AutolabelError):
 
 class ObjectNotFoundError(StorageError):
     """An object the job needs is not in the bucket."""
+
+
+class BucketNotFoundError(StorageError):
+    """The bucket itself does not exist: a setup step, not a missing object (every write would fail)."""
+
+
+class BrokerError(AutolabelError):
+    """Redis (the Celery broker and the progress store) does not answer; transient once it is back."""
+
+
+class SubmitError(AutolabelError):
+    """A submit failed after it had written to the bucket; the message names the job id and its prefix."""
 
 
 class NoWorkerError(AutolabelError):

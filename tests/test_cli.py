@@ -1,0 +1,89 @@
+"""The `autolabel` CLI run as a user runs it (a subprocess) against a real redis-server and S3 server:
+bad input and missing services give one line naming the problem, never a traceback or a setting's value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autolabel import layout
+from autolabel.client import LabelingClient
+from autolabel.devservices import DevStack, Service, free_port, redis_service
+from autolabel.errors import InvalidInputError, SubmitError
+from autolabel.progress import JobState, ProgressStore
+from autolabel.storage import ObjectStore
+from autolabel.synth import generate_video
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "hunter2-not-for-logs"
+# Jobs on a model no worker serves stay queued: the tests that only need a job to exist use it.
+UNSERVED = "nobody-serves-this"
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
+            timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "autolabel"), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The command failed with exactly one line on stderr holding every needle; returns that line."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli-video") / "short.mp4"
+    generate_video(path, path.with_suffix(".json"), width=320, height=240, fps=10, seconds=2, seed=11)
+    return path
+
+
+COMMANDS = [
+    ["submit", "video.mp4"], ["status", "some-job"], ["jobs"], ["results", "some-job", "-o", "out"],
+    ["cancel", "some-job"], ["retry", "some-job"], ["preview", "some-job", "-o", "out"], ["worker"],
+    ["inspect-checkpoint", str(REPO / "worker/autolabel_worker/weights/shapes-rtmdet-tiny.pth"),
+     "--config", str(REPO / "configs/shapes-rtmdet-tiny.py")],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command[0])
+def test_every_command_names_a_bad_setting_in_one_line_without_its_value(
+    devstack: DevStack, tmp_path: Path, command: list[str]
+) -> None:
+    # Not a redis URL, with a password in it: pydantic's own message would print the whole value.
+    env = devstack.subprocess_env(AUTOLABEL_BROKER_URL=f"http://:{SECRET}@cache:6379/0")
+    result = run_cli(*command, env=env, cwd=tmp_path)
+    line = assert_one_line_error(result, "AUTOLABEL_BROKER_URL", "redis://")
+    assert SECRET not in result.stdout + result.stderr, line
+
+
+def test_doctor_reports_bad_settings_as_failed_checks(devstack: DevStack, tmp_path: Path) -> None:
+    env = devstack.subprocess_env(AUTOLABEL_BROKER_URL=f"http://:{SECRET}@cache:6379/0",
+                                  AUTOLABEL_LEASE_S=SECRET, AUTOLABEL_BUCKET="still-fine")
+    result = run_cli("doctor", "--producer", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and SECRET not in result.stdout + result.stderr
+    assert "FAIL AUTOLABEL_BROKER_URL" in result.stdout and "FAIL AUTOLABEL_LEASE_S" in result.stdout
+    assert "fix: AUTOLABEL_LEASE_S: set AUTOLABEL_LEASE_S" in result.stdout
+    assert "ok   python" in result.stdout
+
+
+def test_a_check_across_settings_is_named_without_values(devstack: DevStack, tmp_path: Path) -> None:
+    env = devstack.subprocess_env(AUTOLABEL_VISIBILITY_TIMEOUT_S="77", AUTOLABEL_LEASE_S="88",
+                                  AUTOLABEL_BATCH_TIME_LIMIT_S="66")
+    line = assert_one_line_error(run_cli("jobs", env=env, cwd=tmp_path),
+                                 "AUTOLABEL_LEASE_S must be below AUTOLABEL_VISIBILITY_TIMEOUT_S")
+    assert "77" not in line and "88" not in line
