@@ -87,3 +87,59 @@ def test_a_check_across_settings_is_named_without_values(devstack: DevStack, tmp
     line = assert_one_line_error(run_cli("jobs", env=env, cwd=tmp_path),
                                  "AUTOLABEL_LEASE_S must be below AUTOLABEL_VISIBILITY_TIMEOUT_S")
     assert "77" not in line and "88" not in line
+
+
+def test_submit_names_a_missing_or_incomplete_s3_source_in_one_line(devstack: DevStack, tmp_path: Path) -> None:
+    env = devstack.subprocess_env()
+    assert_one_line_error(run_cli("submit", f"s3://{devstack.bucket}/no-such-video.mp4", env=env, cwd=tmp_path),
+                          f"s3://{devstack.bucket}/no-such-video.mp4 does not exist")
+    assert_one_line_error(run_cli("submit", f"s3://{devstack.bucket}", env=env, cwd=tmp_path),
+                          "must name a bucket and a key: s3://BUCKET/KEY")
+
+
+def test_a_missing_bucket_is_named_once_before_any_upload_and_doctor_creates_it(
+    devstack: DevStack, tmp_path: Path, video: Path
+) -> None:
+    env = devstack.subprocess_env(AUTOLABEL_BUCKET="made-by-doctor")
+    line = assert_one_line_error(run_cli("submit", str(video), env=env, cwd=tmp_path),
+                                 "bucket 'made-by-doctor' does not exist", "autolabel doctor --create-bucket")
+    assert line.count("does not exist") == 1
+
+    doctor = run_cli("doctor", "--producer", env=env, cwd=tmp_path)
+    assert "FAIL object store" in doctor.stdout and "--create-bucket" in doctor.stdout
+    created = run_cli("doctor", "--producer", "--create-bucket", env=env, cwd=tmp_path)
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert "ok   object store" in created.stdout
+
+
+def test_submit_without_redis_uploads_nothing_and_names_the_broker_in_one_line(
+    devstack: DevStack, store: ObjectStore, tmp_path: Path, video: Path
+) -> None:
+    nobody = free_port()
+    env = devstack.subprocess_env(AUTOLABEL_BROKER_URL=f"redis://:{SECRET}@127.0.0.1:{nobody}/0")
+    started = time.monotonic()
+    line = assert_one_line_error(run_cli("submit", str(video), "--job-id", "cli-no-redis", env=env, cwd=tmp_path),
+                                 "AUTOLABEL_BROKER_URL=redis://:********@127.0.0.1", "does not answer")
+    assert SECRET not in line
+    assert time.monotonic() - started < 30
+    assert store.list_keys(layout.job_prefix("cli-no-redis")) == []
+
+
+def test_redis_lost_during_the_upload_names_the_job_and_the_prefix_it_leaves(
+    devstack: DevStack, store: ObjectStore, tmp_path: Path, video: Path
+) -> None:
+    redis = redis_service(tmp_path)
+    redis.start()
+    client = LabelingClient(devstack.settings(broker_url=f"redis://127.0.0.1:{redis.port}/0"))
+
+    def redis_goes_away(uploaded: int) -> None:
+        if uploaded == 1:
+            redis.stop()
+
+    with pytest.raises(SubmitError) as caught:
+        client.submit_video(video, job_id="cli-redis-lost", model=UNSERVED, on_frame=redis_goes_away)
+    message = str(caught.value)
+    assert "job cli-redis-lost was not submitted" in message
+    assert f"s3://{devstack.bucket}/jobs/cli-redis-lost/" in message and "--job-id cli-redis-lost" in message
+    # Kept, as the message says: the frames are there for a submit again under the same id.
+    assert any(key.endswith(".jpg") for key in store.list_keys(layout.job_prefix("cli-redis-lost")))

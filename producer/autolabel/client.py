@@ -7,18 +7,22 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import redis
+from kombu.exceptions import OperationalError
+
 from autolabel import layout
 from autolabel.celery_app import make_celery
 from autolabel.contract import DetectOptions, FrameRef, JobManifest, JobSpec, Sampling, content_hash, validated
-from autolabel.errors import InvalidInputError, JobNotFoundError, NoWorkerError
+from autolabel.errors import InvalidInputError, JobNotFoundError, NoWorkerError, StorageError, SubmitError
 from autolabel.jobs import changed_frame, enqueue_frames, previous_manifest, start_job
-from autolabel.progress import JobState, JobStatus, ProgressStore
+from autolabel.progress import JobState, JobStatus, ProgressStore, ping_broker
 from autolabel.serving import config_names, no_worker_message, unserved_for_s
 from autolabel.settings import Settings, get_settings
 from autolabel.storage import ObjectStore, parse_s3_uri
@@ -84,17 +88,37 @@ class LabelingClient:
             "target_fps": target_fps, "start_s": start_s, "end_s": end_s, "priority": priority,
             "batch_size": batch_size})
         with tempfile.TemporaryDirectory(prefix="autolabel-") as tmp:
+        # Both services are checked before anything is uploaded: without Redis the frames would be
+        # uploaded for nothing, and a missing bucket fails here, once, not as the first frame's upload.
+        ping_broker(self.settings.broker_url)
+        self.store.check_bucket()
             path = self._local_video(str(source), Path(tmp))
             video = probe_video(path)
             previous = self._previous(job_id, replace)
-            frames = self._upload_frames(spec, path, upload_threads, on_frame, None if replace else previous)
+            with self._leftovers_named(spec.job_id):
+                frames = self._upload_frames(spec, path, upload_threads, on_frame, None if replace else previous)
         if not frames:
             raise InvalidInputError(f"sampling {spec.sampling.model_dump(exclude_none=True)} selects no frame "
                                     f"of {source} ({video.duration_s:.1f} s, {video.frame_count} frames)")
-        start_job(self.store, self.progress, self.celery, spec, frames, video, previous=previous)
+        with self._leftovers_named(spec.job_id):
+            start_job(self.store, self.progress, self.celery, spec, frames, video, previous=previous)
         return spec.job_id
 
     def _previous(self, job_id: str | None, replace: bool) -> JobManifest | None:
+    @contextmanager
+    def _leftovers_named(self, job_id: str) -> Iterator[None]:
+        """A service failing once a submit has written to the bucket (Redis gone during the upload)
+        raises SubmitError naming the job id and its prefix. What was written is kept, not deleted:
+        the failure may be the store itself, the frames are the work of the whole upload, and a
+        submit again under the same job id picks them up (or overwrites them)."""
+        try:
+            yield
+        except (StorageError, redis.RedisError, OperationalError, OSError) as exc:
+            where = f"s3://{self.store.bucket}/{layout.job_prefix(job_id)}"
+            raise SubmitError(f"job {job_id} was not submitted ({type(exc).__name__}: {exc}); what it wrote stays "
+                              f"under {where}: submit again with --job-id {job_id} once the cause is fixed, "
+                              "or delete that prefix") from exc
+
         """The manifest of an earlier submission under ``job_id``. Replacing one that is still
         running is refused: its queued batches would label the new frames under the old ones' ids."""
         previous = previous_manifest(self.store, job_id) if job_id else None
@@ -117,7 +141,7 @@ class LabelingClient:
         if source.startswith("s3://"):
             bucket, key = parse_s3_uri(source)
             target = tmp / Path(key).name
-            self.store.client.download_file(bucket, key, str(target))
+            self.store.download(key, target, bucket=bucket)
             return target
         path = Path(source)
         if not path.is_file():
@@ -181,9 +205,11 @@ class LabelingClient:
         spec = self._spec("frames", job_id, {"model": model, "score_threshold": score_threshold,
                                              "classes": classes, "priority": priority, "batch_size": batch_size})
         previous = self._previous(job_id, replace)
+        ping_broker(self.settings.broker_url)
         if previous is not None and not replace and (change := changed_frame(previous, refs)):
             raise self._refuse_other_frames(spec.job_id, change)
-        start_job(self.store, self.progress, self.celery, spec, refs, previous=previous)
+        with self._leftovers_named(spec.job_id):
+            start_job(self.store, self.progress, self.celery, spec, refs, previous=previous)
         return spec.job_id
 
     def _check_model(self, model: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -10,19 +11,19 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
-from autolabel.errors import ObjectNotFoundError, StorageError
+from autolabel.errors import BucketNotFoundError, InvalidInputError, ObjectNotFoundError, StorageError
 from autolabel.settings import Settings
 
-_MISSING_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` as (bucket, key)."""
     if not uri.startswith("s3://"):
-        raise ValueError(f"{uri!r} is not an s3:// URI")
+        raise InvalidInputError(f"{uri!r} is not an s3:// URI")
     bucket, _, key = uri[5:].partition("/")
     if not bucket or not key:
-        raise ValueError(f"{uri!r} must name a bucket and a key: s3://BUCKET/KEY")
+        raise InvalidInputError(f"{uri!r} must name a bucket and a key: s3://BUCKET/KEY")
     return bucket, key
 
 
@@ -55,17 +56,31 @@ class ObjectStore:
         )
         return cls(client, settings.bucket)
 
-    def _fail(self, action: str, key: str, exc: Exception) -> StorageError:
+    def _fail(self, action: str, key: str, exc: Exception, bucket: str | None = None) -> StorageError:
         code = str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
-        where = f"s3://{self.bucket}/{key}"
+        bucket = bucket or self.bucket
+        where = f"s3://{bucket}/{key}"
+        if code == "NoSuchBucket":
+            return self._no_bucket(bucket)
         if code in _MISSING_CODES:
             return ObjectNotFoundError(f"{where} does not exist ({action})")
         return StorageError(f"cannot {action} {where}: {exc}")
 
+    def _no_bucket(self, bucket: str) -> BucketNotFoundError:
+        return BucketNotFoundError(
+            f"bucket {bucket!r} does not exist at {self.client.meta.endpoint_url}; create it with "
+            f"`autolabel doctor --create-bucket` (AUTOLABEL_BUCKET) or `aws s3 mb s3://{bucket}`")
+
     def check_bucket(self) -> None:
+        """Raise BucketNotFoundError when the bucket is missing, StorageError when the store does not answer."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            # HEAD responses have no body: a missing bucket is a bare 404.
+            if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING_CODES | {"NoSuchBucket"}:
+                raise self._no_bucket(self.bucket) from exc
+            raise self._fail("reach bucket", "", exc) from exc
+        except BotoCoreError as exc:
             raise self._fail("reach bucket", "", exc) from exc
 
     def ensure_bucket(self) -> None:
@@ -82,6 +97,13 @@ class ObjectStore:
                                    Metadata=metadata or {})
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("write", key, exc) from exc
+
+    def download(self, key: str, target: Path, *, bucket: str | None = None) -> None:
+        """Copy an object to a local file; ``bucket`` defaults to the store's (a source video may be elsewhere)."""
+        try:
+            self.client.download_file(bucket or self.bucket, key, str(target))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("read", key, exc, bucket) from exc
 
     def get_bytes(self, key: str) -> bytes:
         try:
