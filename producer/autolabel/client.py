@@ -87,11 +87,11 @@ class LabelingClient:
             "model": model, "score_threshold": score_threshold, "classes": classes, "every_nth": every_nth,
             "target_fps": target_fps, "start_s": start_s, "end_s": end_s, "priority": priority,
             "batch_size": batch_size})
-        with tempfile.TemporaryDirectory(prefix="autolabel-") as tmp:
         # Both services are checked before anything is uploaded: without Redis the frames would be
         # uploaded for nothing, and a missing bucket fails here, once, not as the first frame's upload.
         ping_broker(self.settings.broker_url)
         self.store.check_bucket()
+        with tempfile.TemporaryDirectory(prefix="autolabel-") as tmp:
             path = self._local_video(str(source), Path(tmp))
             video = probe_video(path)
             previous = self._previous(job_id, replace)
@@ -104,7 +104,6 @@ class LabelingClient:
             start_job(self.store, self.progress, self.celery, spec, frames, video, previous=previous)
         return spec.job_id
 
-    def _previous(self, job_id: str | None, replace: bool) -> JobManifest | None:
     @contextmanager
     def _leftovers_named(self, job_id: str) -> Iterator[None]:
         """A service failing once a submit has written to the bucket (Redis gone during the upload)
@@ -119,6 +118,7 @@ class LabelingClient:
                               f"under {where}: submit again with --job-id {job_id} once the cause is fixed, "
                               "or delete that prefix") from exc
 
+    def _previous(self, job_id: str | None, replace: bool) -> JobManifest | None:
         """The manifest of an earlier submission under ``job_id``. Replacing one that is still
         running is refused: its queued batches would label the new frames under the old ones' ids."""
         previous = previous_manifest(self.store, job_id) if job_id else None
@@ -204,8 +204,8 @@ class LabelingClient:
             raise InvalidInputError("frames: at least one frame is needed")
         spec = self._spec("frames", job_id, {"model": model, "score_threshold": score_threshold,
                                              "classes": classes, "priority": priority, "batch_size": batch_size})
-        previous = self._previous(job_id, replace)
         ping_broker(self.settings.broker_url)
+        previous = self._previous(job_id, replace)
         if previous is not None and not replace and (change := changed_frame(previous, refs)):
             raise self._refuse_other_frames(spec.job_id, change)
         with self._leftovers_named(spec.job_id):
