@@ -51,6 +51,16 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def worker(devstack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    log = tmp_path_factory.mktemp("cli-worker") / "worker.log"
+    port = free_port()
+    service = Service("worker", [str(BIN / "autolabel"), "worker", "--health-port", str(port)], port, log)
+    service.start(devstack.subprocess_env())
+    yield service
+    service.stop()
+
+
 COMMANDS = [
     ["submit", "video.mp4"], ["status", "some-job"], ["jobs"], ["results", "some-job", "-o", "out"],
     ["cancel", "some-job"], ["retry", "some-job"], ["preview", "some-job", "-o", "out"], ["worker"],
@@ -143,3 +153,35 @@ def test_redis_lost_during_the_upload_names_the_job_and_the_prefix_it_leaves(
     assert f"s3://{devstack.bucket}/jobs/cli-redis-lost/" in message and "--job-id cli-redis-lost" in message
     # Kept, as the message says: the frames are there for a submit again under the same id.
     assert any(key.endswith(".jpg") for key in store.list_keys(layout.job_prefix("cli-redis-lost")))
+
+
+def test_a_finished_job_is_not_cancelled_and_keeps_its_results_and_retry(
+    devstack: DevStack, worker: Service, tmp_path: Path, video: Path
+) -> None:
+    env = devstack.subprocess_env()
+    submitted = run_cli("submit", str(video), "--wait", "--job-id", "cli-cancel-done", env=env, cwd=tmp_path,
+                        timeout_s=600)
+    assert submitted.returncode == 0, submitted.stderr
+    assert_one_line_error(run_cli("cancel", "cli-cancel-done", env=env, cwd=tmp_path),
+                          "job cli-cancel-done is done", "nothing to cancel")
+    results = run_cli("results", "cli-cancel-done", "-o", str(tmp_path / "out"), env=env, cwd=tmp_path)
+    assert results.returncode == 0, results.stderr
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(layout.EXPORT_NAMES)
+    retry = run_cli("retry", "cli-cancel-done", env=env, cwd=tmp_path)
+    assert retry.returncode == 0 and "0 frames re-enqueued" in retry.stdout
+    assert LabelingClient(devstack.settings()).status("cli-cancel-done").state == JobState.DONE
+
+
+def test_a_queued_job_is_cancelled_once_and_a_second_cancel_is_harmless(
+    devstack: DevStack, tmp_path: Path, video: Path
+) -> None:
+    env = devstack.subprocess_env()
+    submitted = run_cli("submit", str(video), "--model", UNSERVED, "--job-id", "cli-cancel-queued", env=env,
+                        cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    first = run_cli("cancel", "cli-cancel-queued", env=env, cwd=tmp_path)
+    assert first.returncode == 0 and first.stdout.strip() == "job cli-cancel-queued cancelled"
+    cancelled_at = LabelingClient(devstack.settings()).status("cli-cancel-queued").finished_at
+    second = run_cli("cancel", "cli-cancel-queued", env=env, cwd=tmp_path)
+    assert second.returncode == 0 and "already cancelled" in second.stdout
+    assert LabelingClient(devstack.settings()).status("cli-cancel-queued").finished_at == cancelled_at

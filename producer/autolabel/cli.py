@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from autolabel.errors import AutolabelError
-from autolabel.progress import JobStatus
+from autolabel.progress import JobState, JobStatus
 from autolabel.serving import no_worker_message
 from autolabel.settings import get_settings
 
@@ -159,9 +159,11 @@ def results(job_id: str, out_dir: Path) -> None:
 @main.command()
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
-    """Stop a job: workers skip its remaining frames."""
-    _client().cancel(job_id)
-    click.echo(f"job {job_id} cancelled")
+    """Stop a queued or running job: workers skip its remaining frames. A finished job is refused."""
+    if _client().cancel(job_id) == JobState.CANCELLED:
+        click.echo(f"job {job_id} was already cancelled")
+    else:
+        click.echo(f"job {job_id} cancelled")
 
 
 @main.command()

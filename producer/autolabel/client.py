@@ -261,9 +261,10 @@ class LabelingClient:
                 raise TimeoutError(f"job {job_id} not finished after {timeout} s: {status.finished}/{status.total}")
             time.sleep(poll_s)
 
-    def cancel(self, job_id: str) -> None:
-        """Workers skip the job's remaining batches; frames already labeled keep their results."""
-        self.progress.cancel(job_id)
+    def cancel(self, job_id: str) -> JobState:
+        """Workers skip the job's remaining batches; frames already labeled keep their results.
+        Returns the state the job had; a finalizing or done job is refused (InvalidInputError)."""
+        return self.progress.cancel(job_id)
 
     def retry(self, job_id: str) -> int:
         """Re-enqueue the job's failed and missing frames; returns how many."""
