@@ -185,3 +185,27 @@ def test_a_queued_job_is_cancelled_once_and_a_second_cancel_is_harmless(
     second = run_cli("cancel", "cli-cancel-queued", env=env, cwd=tmp_path)
     assert second.returncode == 0 and "already cancelled" in second.stdout
     assert LabelingClient(devstack.settings()).status("cli-cancel-queued").finished_at == cancelled_at
+
+
+def test_zero_frames_per_task_is_refused_not_replaced_by_the_default(
+    devstack: DevStack, store: ObjectStore, tmp_path: Path, video: Path
+) -> None:
+    env = devstack.subprocess_env()
+    for option in ("--batch-size", "--frames-per-task"):
+        result = run_cli("submit", str(video), option, "0", "--model", UNSERVED, "--job-id", "cli-zero-batch",
+                         env=env, cwd=tmp_path)
+        assert result.returncode == 2 and "0 is not in the range 1<=x<=64" in result.stderr, result.stderr
+    assert store.list_keys(layout.job_prefix("cli-zero-batch")) == []
+    client = LabelingClient(devstack.settings())
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        client.submit_frames([{"frame_id": "f1", "key": "uploads/f1.jpg"}], job_id="api-zero-batch", batch_size=0,
+                             model=UNSERVED)
+    with pytest.raises(InvalidInputError, match="limit must be at least 1"):
+        client.jobs(0)
+
+
+def test_submit_and_worker_help_tell_their_batch_sizes_apart(devstack: DevStack, tmp_path: Path) -> None:
+    submit = run_cli("submit", "--help", env=devstack.subprocess_env(), cwd=tmp_path).stdout
+    worker = run_cli("worker", "--help", env=devstack.subprocess_env(), cwd=tmp_path).stdout
+    assert "--frames-per-task, --batch-size" in submit and "Frames per task message" in submit
+    assert "Frames per forward pass" in worker

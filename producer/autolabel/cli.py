@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from autolabel.contract import MAX_FRAMES_PER_TASK
 from autolabel.errors import AutolabelError
 from autolabel.progress import JobState, JobStatus
 from autolabel.serving import no_worker_message
@@ -89,7 +90,9 @@ def _wait(job_id: str) -> None:
 @click.option("--score-threshold", type=float, default=0.3, show_default=True)
 @click.option("--classes", help="Comma-separated class names to keep.")
 @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True, help="0 is served first.")
-@click.option("--batch-size", type=int, help="Frames per task (default: AUTOLABEL_BATCH_SIZE).")
+@click.option("--frames-per-task", "--batch-size", "batch_size", type=click.IntRange(1, MAX_FRAMES_PER_TASK),
+              help="Frames per task message: how the job's work is split among workers (default: "
+                   "AUTOLABEL_BATCH_SIZE). Not the worker's forward-pass size (`worker --batch-size`).")
 @click.option("--job-id", help="Job id (default: a new time-sortable id).")
 @click.option("--replace", is_flag=True,
               help="Label this video under --job-id even if the id was used for another video (refused otherwise).")

@@ -56,7 +56,8 @@ class LabelingClient:
                                         if options.get(k) is not None})
         return validated(JobSpec, {
             "job_id": job_id or new_job_id(), "source": source, "options": detect, "sampling": sampling,
-            "batch_size": options.get("batch_size") or self.settings.batch_size,
+            # 0 is refused by the contract, not replaced by the default.
+            "batch_size": self.settings.batch_size if options.get("batch_size") is None else options["batch_size"],
             "priority": options.get("priority", 5),
         })
 
