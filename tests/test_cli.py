@@ -209,3 +209,88 @@ def test_submit_and_worker_help_tell_their_batch_sizes_apart(devstack: DevStack,
     worker = run_cli("worker", "--help", env=devstack.subprocess_env(), cwd=tmp_path).stdout
     assert "--frames-per-task, --batch-size" in submit and "Frames per task message" in submit
     assert "Frames per forward pass" in worker
+
+
+def test_jobs_prints_a_header_and_aligned_columns_and_refuses_a_limit_below_one(
+    devstack: DevStack, tmp_path: Path
+) -> None:
+    progress = ProgressStore.from_url(devstack.settings().broker_url)
+    progress.register("cli-table-job-with-a-long-id", total=7, model="m", source="a.mp4")
+    progress.register("cli-table-b", total=12345, model="a-longer-model-name", source="s3://videos/b.mp4")
+    env = devstack.subprocess_env()
+    listed = run_cli("jobs", "--limit", "2", env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["JOB", "STATE", "DONE", "FAILED", "FRAMES/S", "MODEL", "CREATED", "SOURCE"]
+    assert [row.split()[0] for row in rows] == ["cli-table-b", "cli-table-job-with-a-long-id"]
+    for row, cells in zip(rows, (("queued", "0/12345", "a-longer-model-name", "s3://videos/b.mp4"),
+                                 ("queued", "0/7", "m", "a.mp4"))):
+        state, done, model, source = cells
+        assert row.index(state) == header.index("STATE")  # left-aligned columns start under their titles
+        assert row.index(model) == header.index("MODEL") and row.index(source) == header.index("SOURCE")
+        assert row.index(done) + len(done) == header.index("DONE") + len("DONE")  # numbers end under theirs
+    for limit in ("0", "-1"):
+        refused = run_cli("jobs", "--limit", limit, env=env, cwd=tmp_path)
+        assert refused.returncode == 2 and "Invalid value for '--limit'" in refused.stderr, refused.stdout
+
+
+@pytest.fixture
+def progress(devstack: DevStack) -> ProgressStore:
+    return ProgressStore.from_url(devstack.settings().broker_url)
+
+
+def _labeled(progress: ProgressStore, job_id: str, frame_ids: list[str]) -> None:
+    """What a worker's batch does: its frames go through the model, then are recorded."""
+    progress.add_timing(job_id, frame_ids=frame_ids, device_seconds=0.01, frames_per_pass=len(frame_ids) ** 2)
+    progress.record(job_id, done=frame_ids, failed={})
+
+
+def test_frames_per_second_leaves_out_results_reused_from_an_earlier_submission(progress: ProgressStore) -> None:
+    frames = ["a", "b", "c", "d"]
+    progress.register("rate-resubmit", total=4, model="m", source="frames")
+    progress.mark_started("rate-resubmit")
+    _labeled(progress, "rate-resubmit", frames)
+    progress.mark_done("rate-resubmit")
+    # Submitted again: the results of a, b and c are reused (recorded, not labeled); d is labeled again.
+    progress.register("rate-resubmit", total=4, model="m", source="frames")
+    progress.mark_started("rate-resubmit")
+    progress.record("rate-resubmit", done=frames[:3], failed={})
+    time.sleep(0.3)
+    _labeled(progress, "rate-resubmit", ["d"])
+    progress.mark_done("rate-resubmit")
+    status = progress.status("rate-resubmit")
+    assert (status.done, status.run_labeled) == (4, 1)
+    assert 1 / 2.0 < status.frames_per_second() <= 1 / 0.3
+
+
+def test_frames_per_second_of_a_cancelled_job_counts_frames_landing_after_the_cancel(
+    progress: ProgressStore,
+) -> None:
+    progress.register("rate-cancel", total=100, model="m", source="frames")
+    progress.mark_started("rate-cancel")
+    time.sleep(0.3)
+    _labeled(progress, "rate-cancel", ["a", "b", "c", "d"])
+    progress.cancel("rate-cancel")
+    time.sleep(0.3)
+    _labeled(progress, "rate-cancel", ["e", "f", "g", "h"])  # a batch in flight at the cancel lands later
+    status = progress.status("rate-cancel")
+    rate = status.frames_per_second()
+    assert 8 / 2.0 < rate <= 8 / 0.6
+    # Ended: the rate does not decay with the time since.
+    assert status.frames_per_second(now=time.time() + 100) == rate
+
+
+def test_frames_per_second_after_a_retry_counts_the_retry_from_its_own_start(progress: ProgressStore) -> None:
+    progress.register("rate-retry", total=2, model="m", source="frames")
+    progress.mark_started("rate-retry")
+    _labeled(progress, "rate-retry", ["a"])
+    progress.record("rate-retry", done=[], failed={"b": "missing"})
+    progress.mark_done("rate-retry")
+    time.sleep(1.0)  # the job sits done until someone retries it
+    progress.reopen("rate-retry", ["b"])
+    progress.mark_started("rate-retry")
+    time.sleep(0.2)
+    _labeled(progress, "rate-retry", ["b"])
+    status = progress.status("rate-retry")
+    assert status.run_labeled == 1
+    assert 1 / 1.0 < status.frames_per_second() <= 1 / 0.2

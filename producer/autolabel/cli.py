@@ -116,10 +116,20 @@ def submit(source: str, classes: str | None, wait: bool, **options: Any) -> None
         _wait(job_id)
 
 
-def _describe(status: JobStatus) -> str:
-    created = datetime.fromtimestamp(status.created_at).strftime("%Y-%m-%d %H:%M:%S")
-    return (f"{status.job_id}  {status.state:<10} {status.done:>6}/{status.total:<6} failed {status.failed:<5}"
-            f" {status.frames_per_second():6.1f} frames/s  {status.model}  {created}  {status.source}")
+_COLUMNS = ("JOB", "STATE", "DONE", "FAILED", "FRAMES/S", "MODEL", "CREATED", "SOURCE")
+_RIGHT_ALIGNED = {"DONE", "FAILED", "FRAMES/S"}
+
+
+def _table(statuses: list[JobStatus]) -> list[str]:
+    """A header and one line per job, each column as wide as its widest cell."""
+    rows = [_COLUMNS] + [(
+        status.job_id, status.state.value, f"{status.done}/{status.total}", str(status.failed),
+        f"{status.frames_per_second():.1f}", status.model,
+        datetime.fromtimestamp(status.created_at).strftime("%Y-%m-%d %H:%M:%S"), status.source,
+    ) for status in statuses]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    return ["  ".join(cell.rjust(width) if name in _RIGHT_ALIGNED else cell.ljust(width)
+                      for name, cell, width in zip(_COLUMNS, row, widths)).rstrip() for row in rows]
 
 
 @main.command()
@@ -132,7 +142,8 @@ def status(job_id: str, wait: bool) -> None:
         return
     client = _client()
     current = client.status(job_id)
-    click.echo(_describe(current))
+    for line in _table([current]):
+        click.echo(line)
     if (waited := client.unserved_for_s(current)) is not None:
         click.echo(f"  {no_worker_message(job_id, current.model, waited)}")
     for frame_id, reason in sorted(current.failures.items()):
@@ -143,11 +154,11 @@ def status(job_id: str, wait: bool) -> None:
 
 
 @main.command()
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many jobs.")
 def jobs(limit: int) -> None:
-    """List recent jobs, newest first."""
-    for current in _client().jobs(limit):
-        click.echo(_describe(current))
+    """List recent jobs, newest first; frames/s counts the latest run (submission or retry) only."""
+    for line in _table(_client().jobs(limit)):
+        click.echo(line)
 
 
 @main.command()
