@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -423,6 +424,26 @@ def compose() -> dict[str, Any]:
 def test_compose_file_is_valid_against_the_compose_spec() -> None:
     done = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_parses_with_docker_compose(tmp_path: Path) -> None:
+    # Debian's docker-compose (make services installs it) resolves the anchors, merges, the
+    # kill-test override and the variables as `up` would; no engine is needed for `config`.
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD": "p", "MINIO_ROOT_USER": "u", "MINIO_ROOT_PASSWORD": "p",
+           "FLOWER_USER": "u", "FLOWER_PASSWORD": "p"}
+    compose = shutil.which("docker-compose")
+    assert compose, "docker-compose is not installed: run `make services`"
+    # --env-file: a developer's .env plays no part.
+    (tmp_path / "empty.env").touch()
+    files = ["--env-file", str(tmp_path / "empty.env"), "-f", "docker-compose.yml", "-f", "docker/compose.kill-test.yml"]
+    done = subprocess.run([compose, *files, "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    worker = yaml.safe_load(done.stdout)["services"]["worker"]
+    assert worker["environment"]["AUTOLABEL_BROKER_URL"] == "redis://:p@redis:6379/0"
+    assert worker["environment"]["AUTOLABEL_VISIBILITY_TIMEOUT_S"] == "40"  # the override merged
+    missing = subprocess.run([compose, *files, "config", "-q"], cwd=ROOT, env={"PATH": os.environ["PATH"]},
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "set REDIS_PASSWORD in .env" in missing.stderr
 
 
 def test_compose_agrees_with_the_code(compose: dict[str, Any]) -> None:

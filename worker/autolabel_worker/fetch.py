@@ -13,7 +13,8 @@ first pod downloads and the others wait on a lock file, then find the finished f
 - a file already there is checked against the expected hash before it is used, so a pod never
   trusts a checkpoint that was replaced or damaged on the volume.
 
-Nothing here imports torch: the initContainer starts in a second, not after the ML stack loads.
+This module needs no ML stack itself (the package's ``__init__`` still imports torch: a few
+seconds at start, no CUDA).
 """
 
 from __future__ import annotations
