@@ -95,10 +95,10 @@ def validate_keda(doc: dict[str, Any]) -> None:
 
 # --- images --------------------------------------------------------------------------------------
 
-DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))  # the product's images
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", sorted((ROOT / "docker").rglob("*.Dockerfile")), ids=lambda p: p.name)
 def test_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
     done = run(tool("hadolint"), "--failure-threshold", "warning", "--no-color", str(dockerfile))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -377,6 +377,15 @@ def check_scaled_object(docs: list[dict[str, Any]], scaled: dict[str, Any]) -> N
 def test_overlays_agree_with_the_code(gpu: list[dict[str, Any]], dev: list[dict[str, Any]]) -> None:
     check_drift(gpu)
     check_drift(dev)
+
+
+def test_the_secrets_made_by_hand_hold_every_secret_setting() -> None:
+    # k3s-gpu's autolabel-secrets is created from docs/deploy.md's command, not from the repository.
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    command = text[text.index("create secret generic autolabel-secrets"):]
+    command = command[:command.index("\n\n")]
+    keys = {key.upper() for key in re.findall(r"--from-literal=(\w+)=", command)}
+    assert keys == SECRET_SETTINGS
 
 
 def test_drift_checks_are_live(gpu: list[dict[str, Any]]) -> None:
