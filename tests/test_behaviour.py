@@ -276,7 +276,7 @@ def test_a_finalize_delivered_twice_writes_the_exports_once(client: LabelingClie
         client.celery.send_task(TASK_FINALIZE, kwargs=FinalizeTask(job_id=job_id).model_dump(), queue=queue_for(MODEL))
 
     def handled() -> int:
-        return (log_count(pool, f"job {job_id} finalized:") + log_count(pool, f"job {job_id} is done; nothing to finalize"))
+        return log_count(pool, f"job {job_id} finalized:") + log_count(pool, f"job {job_id} is done; nothing to finalize")
 
     finalize()
     finalize()
@@ -297,16 +297,16 @@ def test_refusals_fail_the_frames_with_the_reason(client: LabelingClient, pool: 
     unknown = client.submit_frames(frames, job_id="unknown-class", model=MODEL, classes=["circle", "hexagon"])
     status = client.wait(unknown, timeout=120)
     assert (status.state, status.done) == (JobState.DONE, 0)
-    assert status.failures == dict.fromkeys(
-        (f.frame_id for f in frames), "unknown class names ['hexagon']; the model knows ['circle', 'square', 'triangle']")
+    refusal = "unknown class names ['hexagon']; the model knows ['circle', 'square', 'triangle']"
+    assert status.failures == dict.fromkeys((f.frame_id for f in frames), refusal)
 
     # A task for another model on this model's queue (a raw Celery sender's routing mistake).
     job_id, other = "model-mismatch", "co-dino-5scale-swin-l"
     spec = JobSpec(job_id=job_id, source="frames", options=DetectOptions(model=other))
     client.store.put_json(layout.manifest_key(job_id), JobManifest(spec=spec, frames=tuple(frames[:4])))
     client.progress.register(job_id, total=4, model=other, source="frames")
-    client.celery.send_task(TASK_DETECT, queue=queue_for(MODEL),
-                            kwargs=DetectTask(job_id=job_id, options=spec.options, frames=frames[:4]).model_dump(mode="json"))
+    task = DetectTask(job_id=job_id, options=spec.options, frames=frames[:4])
+    client.celery.send_task(TASK_DETECT, queue=queue_for(MODEL), kwargs=task.model_dump(mode="json"))
     wait_until(lambda: client.status(job_id).failed == 4, "the mismatched task's frames to fail", 60)
     status = client.status(job_id)
     assert status.done == 0
