@@ -102,8 +102,11 @@ def test_each_gpu_process_sees_only_its_card(tmp_path: Path) -> None:
         stand_in = dataclasses.replace(child, argv=[sys.executable, "-c", "import time; time.sleep(60)"])
         stand_in.start()
         assert stand_in.process is not None
+        pid = stand_in.process.pid
         try:
-            env = _environ(stand_in.process.pid)
+            # Until exec, /proc shows the environment of the forked test process.
+            wait_until(lambda: b"time.sleep" in Path(f"/proc/{pid}/cmdline").read_bytes(), "the stand-in's exec", 10)
+            env = _environ(pid)
             assert (env["CUDA_VISIBLE_DEVICES"], env["AUTOLABEL_DEVICE"]) == (child.device, "cuda:0")
             assert env["AUTOLABEL_READY_FILE"] == str(child.ready_file)
         finally:
@@ -200,6 +203,8 @@ def test_live_is_503_while_stopping_and_a_stuck_process_is_killed_at_the_shutdow
         try:
             wait_until(lambda: _get(port, "/live")[0] == 200, "/live", 60)
             assert _listening_address(port) == "127.0.0.1"
+            # Warmed up, so it has Celery's SIGTERM handler (a fresh interpreter would just die of SIGTERM).
+            wait_until(lambda: _status(port)[0] == 200, "the process warmed up", 300)
             pid = _first_pid(port)
             os.kill(pid, signal.SIGSTOP)  # a process that never finishes its batch
             sent_at = time.monotonic()

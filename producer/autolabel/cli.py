@@ -271,11 +271,12 @@ def inspect_checkpoint(checkpoint: Path, config: Path, limit: int) -> None:
               help="Tasks in flight per process; their frames share forward passes (default: AUTOLABEL_WORKER_THREADS).")
 @click.option("--queues", help="Comma-separated queues (default: the model's queue).")
 @click.option("--health-port", type=int, default=8008, show_default=True, help="HTTP port of /ready and /live.")
+@click.option("--health-host", help="Address /ready and /live listen on (default: AUTOLABEL_HEALTH_HOST, 0.0.0.0).")
 @click.option("--shutdown-timeout", type=float, default=120.0, show_default=True,
               help="Seconds a process may take to finish its batch on SIGTERM before it is killed.")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(devices: str, procs_per_device: str, batch_size: int | None, threads: int | None, queues: str | None,
-           health_port: int, shutdown_timeout: float, loglevel: str) -> None:
+           health_port: int, health_host: str | None, shutdown_timeout: float, loglevel: str) -> None:
     """Run worker processes for AUTOLABEL_MODEL (needs the autolabel-worker package)."""
     try:
         from autolabel_worker.pool import run_pool
@@ -285,7 +286,7 @@ def worker(devices: str, procs_per_device: str, batch_size: int | None, threads:
     if procs_per_device != "auto" and not (procs_per_device.isdigit() and int(procs_per_device) > 0):
         raise click.BadParameter("a positive number or auto", param_hint="--procs-per-device")
     settings = get_settings()
-    overrides = {"batch_size": batch_size, "worker_threads": threads}
+    overrides = {"batch_size": batch_size, "worker_threads": threads, "health_host": health_host}
     settings = settings.model_copy(update={name: value for name, value in overrides.items() if value})
     run_pool(settings, devices=devices, procs_per_device=procs_per_device,
              queues=queues.split(",") if queues else None, health_port=health_port, loglevel=loglevel,
