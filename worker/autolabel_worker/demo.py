@@ -3,12 +3,14 @@
 Starts redis-server, an S3-compatible server, one worker and Flower; generates a synthetic
 video with ground truth; submits it with ``autolabel submit --wait``; downloads the exports and
 previews; prints where they are, the Flower URL and, last, mAP@0.5 against the ground truth.
-Everything it started is stopped on exit, Ctrl-C included.
+Everything it started is stopped on exit, Ctrl-C included; the services' logs (worker, Flower,
+redis-server, S3) are copied beside the results first, since the working directory goes away.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +37,14 @@ def _cli(*args: str, env: dict[str, str], capture: bool = False) -> str:
     return result.stdout.strip() if capture else ""
 
 
+def _keep_logs(workdir: Path, logs: Path) -> Path:
+    """Copy the services' logs out of the working directory, which is deleted on exit."""
+    logs.mkdir(parents=True, exist_ok=True)
+    for log in sorted(workdir.glob("*.log")):
+        shutil.copy2(log, logs / log.name)
+    return logs
+
+
 def run(workdir: Path, output: Path) -> float:
     stack = DevStack(workdir=workdir)
     env = stack.subprocess_env()
@@ -44,12 +54,13 @@ def run(workdir: Path, output: Path) -> float:
                      health_port, workdir / "worker.log")
     flower = Service("flower", [str(bin_dir / "celery"), "--broker", env["AUTOLABEL_BROKER_URL"], "flower",
                                 "--address=127.0.0.1", f"--port={flower_port}"], flower_port, workdir / "flower.log")
+    job_dir = output / "failed-before-submit"
     try:
         print("demo: starting redis-server and the S3 server on loopback", flush=True)
         stack.start()
         worker.start(env)
         flower.start(env)
-        print(f"demo: worker log {worker.log_path}; Flower at http://127.0.0.1:{flower_port}", flush=True)
+        print(f"demo: Flower at http://127.0.0.1:{flower_port} while the demo runs (it stops with it)", flush=True)
         video, ground_truth = workdir / "shapes.mp4", workdir / "shapes-gt.json"
         generate_video(video, ground_truth, width=1280, height=720, fps=10, seconds=6, seed=2024)
         print(f"demo: generated {video} (1280x720, 6 s at 10 fps) with ground truth", flush=True)
@@ -59,15 +70,18 @@ def run(workdir: Path, output: Path) -> float:
         _cli("preview", job_id, "-o", str(job_dir / "preview"), "--limit", "10", env=env)
         export = CocoFile.model_validate_json((job_dir / "coco.json").read_text())
         scores = map_scores(json.loads(ground_truth.read_text()), export_boxes(export))
-        print(f"demo: results in s3://{stack.bucket}/jobs/{job_id}/, downloaded to {job_dir}/")
-        print(f"demo: Flower at http://127.0.0.1:{flower_port} (stops with the demo)")
-        print(f"mAP@[.5:.95]: {scores.map:.3f}")
-        print(f"mAP@0.5: {scores.map50:.3f}", flush=True)
-        return scores.map50
     finally:
         flower.stop()
         worker.stop()
         stack.stop()
+        logs = _keep_logs(workdir, job_dir / "logs")
+        print(f"demo: worker log {logs / worker.log_path.name}, Flower log {logs / flower.log_path.name} "
+              f"(redis-server and S3 logs beside them)", flush=True)
+    print(f"demo: results downloaded to {job_dir}/ (the bucket s3://{stack.bucket}/jobs/{job_id}/ and Flower "
+          "stopped with the demo)")
+    print(f"mAP@[.5:.95]: {scores.map:.3f}")
+    print(f"mAP@0.5: {scores.map50:.3f}", flush=True)
+    return scores.map50
 
 
 def main() -> int:
