@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -110,13 +112,17 @@ def test_plain_celery_submit_with_and_without_priority(pool: Pool, plain: Celery
         assert wait_done(client, job_id).done == len(frame_keys)
 
 
-def test_plain_inspect_and_control_reach_the_worker(pool: Pool, plain: Celery) -> None:
+def test_plain_inspect_and_control_reach_the_worker(pool: Pool, plain: Celery, devstack: DevStack) -> None:
     """What `celery --broker URL inspect ping` and Flower do."""
     pool.wait_ready()
     name = worker_name(pool)
     assert plain.control.inspect(destination=[name], timeout=5).ping() == {name: {"ok": "pong"}}
     active = plain.control.inspect(destination=[name], timeout=5).active_queues()
     assert [q["name"] for q in active[name]] == [QUEUE]
+    ping = subprocess.run([str(Path(sys.executable).with_name("celery")), "--broker", devstack.settings().broker_url,
+                           "inspect", "ping", "--destination", name, "--timeout", "5"],
+                          capture_output=True, text=True, timeout=60)
+    assert ping.returncode == 0 and f"{name}: OK" in ping.stdout and "1 node online" in ping.stdout, ping.stdout
 
 
 def test_priorities_order_work_the_same_on_both_paths(pool: Pool, plain: Celery, client: LabelingClient,
