@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from autolabel import layout
 from autolabel.client import LabelingClient
@@ -45,10 +44,19 @@ from autolabel.errors import InvalidInputError, JobNotFoundError
 from autolabel.exports import CocoFile, Summary
 from autolabel.progress import JobState
 from autolabel.storage import ObjectStore
-from autolabel.synth import generate_video, render_frames
-from autolabel.video import encode_jpeg
+from autolabel.synth import generate_video
 from autolabel_worker.models import WEIGHTS_DIR, file_digest
-from workerpool import MODEL, WORKER_ENV, Pool, count_frames, enable_versioning, job_frames, small_canvas_configs, tally
+from workerpool import (
+    MODEL,
+    WORKER_ENV,
+    Pool,
+    count_frames,
+    enable_versioning,
+    job_frames,
+    small_canvas_configs,
+    tally,
+    upload_frames,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -91,24 +99,13 @@ def pool(stack: DevStack, client: LabelingClient, worker_home: Path, repo_root: 
     configs = small_canvas_configs(repo_root, tmp_path_factory.mktemp("configs"))
     log = tmp_path_factory.mktemp("pool") / "pool.log"
     env = {**ENV, "AUTOLABEL_CHECKPOINT": f"s3://{stack.bucket}/{CHECKPOINT_KEY}", "HOME": str(worker_home)}
-    started = Pool(stack, configs, log, processes=1, threads=THREADS, env=env)
-    try:
-        started.wait_ready()
+    with Pool(stack, configs, log, processes=1, threads=THREADS, env=env) as started:
         yield started
-    finally:
-        started.stop()
-        print(log.read_text(errors="replace")[-4000:])
 
 
 @pytest.fixture(scope="module")
 def frame_keys(client: LabelingClient) -> list[str]:
-    """16 distinct 320x180 synthetic frames; jobs point their frames at these objects in turn."""
-    keys = []
-    for frame in render_frames(320, 180, 16, seed=5151):
-        key = f"behaviour/frames/{frame.index:03d}.jpg"
-        client.store.put_bytes(key, encode_jpeg(Image.fromarray(frame.image)), "image/jpeg")
-        keys.append(key)
-    return keys
+    return upload_frames(client.store, "behaviour/frames", 16, seed=5151)
 
 
 def log_count(pool: Pool, text: str) -> int:

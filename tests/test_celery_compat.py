@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from PIL import Image
 
 from autolabel.client import LabelingClient
 from autolabel.contract import TASK_DETECT, TASK_SUBMIT, FrameRef, SubmitFramesTask, queue_for
@@ -27,10 +26,8 @@ from autolabel.devservices import DevStack, wait_until
 from autolabel.errors import JobNotFoundError
 from autolabel.progress import JobState, JobStatus
 from autolabel.storage import ObjectStore
-from autolabel.synth import render_frames
-from autolabel.video import encode_jpeg
 from autolabel_worker.broker import BAD_MESSAGES_KEY, BadMessage
-from workerpool import MODEL, Pool, small_canvas_configs
+from workerpool import MODEL, Pool, small_canvas_configs, upload_frames
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +37,10 @@ QUEUE = queue_for(MODEL)
 @pytest.fixture(scope="module")
 def pool(devstack: DevStack, repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     configs = small_canvas_configs(repo_root, tmp_path_factory.mktemp("configs"))
-    started = Pool(devstack, configs, tmp_path_factory.mktemp("pool") / "pool.log", processes=1, threads=1,
-                   env={})  # the default delivery settings: nothing here kills a worker
-    try:
-        started.wait_ready()
+    # The default delivery settings: nothing here kills a worker.
+    with Pool(devstack, configs, tmp_path_factory.mktemp("pool") / "pool.log", processes=1, threads=1,
+              env={}) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +53,7 @@ def plain(devstack: DevStack) -> Iterator[Celery]:
 
 @pytest.fixture(scope="module")
 def frame_keys(devstack: DevStack) -> list[str]:
-    store = ObjectStore.from_settings(devstack.settings())
-    keys = []
-    for frame in render_frames(320, 180, 4, seed=77):
-        key = f"compat/frames/{frame.index:03d}.jpg"
-        store.put_bytes(key, encode_jpeg(Image.fromarray(frame.image)), "image/jpeg")
-        keys.append(key)
-    return keys
+    return upload_frames(ObjectStore.from_settings(devstack.settings()), "compat/frames", 4, seed=77)
 
 
 @pytest.fixture(scope="module")

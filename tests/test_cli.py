@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,16 +48,6 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cli-video") / "short.mp4"
     generate_video(path, path.with_suffix(".json"), width=320, height=240, fps=10, seconds=2, seed=11)
     return path
-
-
-@pytest.fixture(scope="module")
-def worker(devstack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    log = tmp_path_factory.mktemp("cli-worker") / "worker.log"
-    port = free_port()
-    service = Service("worker", [str(BIN / "autolabel"), "worker", "--health-port", str(port)], port, log)
-    service.start(devstack.subprocess_env())
-    yield service
-    service.stop()
 
 
 COMMANDS = [

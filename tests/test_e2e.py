@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from autolabel import layout
 from autolabel.celery_app import make_celery
 from autolabel.client import LabelingClient
 from autolabel.contract import TASK_SUBMIT, DetectOptions, FrameRef, FrameResult, JobSpec, SubmitFramesTask, queue_for
-from autolabel.devservices import DevStack, Service, free_port, wait_until
+from autolabel.devservices import DevStack, Service, wait_until
 from autolabel.exports import CocoFile, LabelStudioTask, Summary, labelstudio_to_pixels
 from autolabel.progress import JobState
 from autolabel.settings import Settings
@@ -29,17 +28,6 @@ from autolabel_worker.scoring import export_boxes, map_scores
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def worker(devstack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    port = free_port()
-    service = Service("worker", [str(BIN / "autolabel"), "worker", "--health-port", str(port)], port, log)
-    service.start(devstack.subprocess_env())
-    yield service
-    service.stop()
-    print(log.read_text()[-3000:])
 
 
 @pytest.fixture(scope="module")

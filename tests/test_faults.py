@@ -42,11 +42,9 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import redis as redis_lib
-from PIL import Image
 from workerpool import (
     BIN,
     MAX_DELIVERIES,
@@ -60,6 +58,7 @@ from workerpool import (
     job_frames,
     small_canvas_configs,
     tally,
+    upload_frames,
     wait_for_progress,
 )
 
@@ -77,14 +76,11 @@ from autolabel.contract import (
 )
 from autolabel.celery_app import make_celery
 from autolabel.devservices import DevStack, Service, free_port, redis_service, wait_until
-from autolabel.errors import StorageError
 from autolabel.exports import Summary
 from autolabel.jobs import enqueue_frames
 from autolabel.progress import JobState, ProgressStore
 from autolabel.settings import Settings
 from autolabel.storage import ObjectStore
-from autolabel.synth import render_frames
-from autolabel.video import encode_jpeg
 from autolabel_worker.batching import Batcher
 from autolabel_worker.delivery import Deliveries, LeaseBusy
 from autolabel_worker.detect import BatchTimeLimitExceeded, process_batch
@@ -110,25 +106,13 @@ def configs_dir(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Pa
 
 @pytest.fixture(scope="module")
 def pool(stack: DevStack, configs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    started = Pool(stack, configs_dir, tmp_path_factory.mktemp("pool") / "pool.log")
-    try:
-        started.wait_ready()
+    with Pool(stack, configs_dir, tmp_path_factory.mktemp("pool") / "pool.log") as started:
         yield started
-    finally:
-        started.stop()
-        print(started.log_path.read_text(errors="replace")[-4000:])
 
 
 @pytest.fixture(scope="module")
 def frame_keys(stack: DevStack) -> list[str]:
-    """40 distinct 320x180 synthetic frames; jobs point their frames at these objects in turn."""
-    store = ObjectStore.from_settings(stack.settings())
-    keys = []
-    for frame in render_frames(320, 180, 40, seed=4242):
-        key = f"fault/frames/{frame.index:03d}.jpg"
-        store.put_bytes(key, encode_jpeg(Image.fromarray(frame.image)), "image/jpeg")
-        keys.append(key)
-    return keys
+    return upload_frames(ObjectStore.from_settings(stack.settings()), "fault/frames", 40, seed=4242)
 
 
 @pytest.fixture
@@ -211,26 +195,6 @@ def test_only_deliveries_that_never_ended_are_counted(stack: DevStack) -> None:
         delivery.settled = True
     assert redis.get(Deliveries.count_key("task-c")) is None
     del killed
-
-
-def test_a_task_that_fails_for_good_fails_its_frames(stack: DevStack, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries used up (or a bug): the frames fail with the reason and the job still completes."""
-    from autolabel_worker import tasks
-
-    progress = ProgressStore.from_url(stack.settings().broker_url)
-    progress.register("given-up", total=3, model=MODEL, source="frames")
-    progress.record("given-up", done=["a"], failed={})
-    finalizes: list[str] = []
-    # The worker's runtime would load the model; the failure handler needs only its progress store.
-    monkeypatch.setattr(tasks, "runtime", lambda: SimpleNamespace(progress=progress))
-    monkeypatch.setattr(tasks, "send_finalize", lambda job_id, model: finalizes.append(job_id))
-    payload = DetectTask(job_id="given-up", options=DetectOptions(model=MODEL),
-                         frames=[FrameRef(frame_id=f, key=f"k/{f}.jpg") for f in ("b", "c")]).model_dump(mode="json")
-    tasks.detect_frames.on_failure(StorageError("store down"), "task-9", (), payload, None)
-    reason = "gave up after 0 retries: StorageError: store down"
-    assert progress.status("given-up").failures == {"b": reason, "c": reason}
-    assert finalizes == ["given-up"]
-    tasks.detect_frames.on_failure(ValueError("x"), "task-10", (), {"job_id": "../bad"}, None)  # malformed: ignored
 
 
 class SlowModel:

@@ -57,13 +57,8 @@ class Video:
 @pytest.fixture(scope="module")
 def pool(devstack: DevStack, repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     configs = small_canvas_configs(repo_root, tmp_path_factory.mktemp("configs"))
-    started = Pool(devstack, configs, tmp_path_factory.mktemp("pool") / "pool.log", processes=1, env={})
-    try:
-        started.wait_ready()
+    with Pool(devstack, configs, tmp_path_factory.mktemp("pool") / "pool.log", processes=1, env={}) as started:
         yield started
-    finally:
-        started.stop()
-        print(started.log_path.read_text(errors="replace")[-3000:])
 
 
 @pytest.fixture(scope="module")

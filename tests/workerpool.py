@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis as redis_lib
+from PIL import Image
 
 from autolabel import layout
 from autolabel.client import LabelingClient
@@ -30,6 +31,8 @@ from autolabel.contract import FrameRef, JobManifest
 from autolabel.devservices import DevStack, free_port, wait_until
 from autolabel.exports import CocoFile, LabelStudioTask, Summary
 from autolabel.storage import ObjectStore
+from autolabel.synth import render_frames
+from autolabel.video import encode_jpeg
 from autolabel_worker.delivery import Deliveries
 
 BIN = Path(sys.executable).parent
@@ -131,6 +134,27 @@ class Pool:
             self.launcher.kill()
             self.launcher.wait()
         self.log.close()
+
+    def __enter__(self) -> Pool:
+        """Ready to take work; on exit it is stopped and the end of its log printed (pytest shows
+        it when a test fails)."""
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        print(self.log_path.read_text(errors="replace")[-4000:])
+
+
+def upload_frames(store: ObjectStore, prefix: str, count: int, seed: int) -> list[str]:
+    """``count`` distinct 320x180 synthetic frames under ``prefix``; jobs point their frames at
+    these objects in turn."""
+    keys = []
+    for frame in render_frames(320, 180, count, seed=seed):
+        key = f"{prefix}/{frame.index:03d}.jpg"
+        store.put_bytes(key, encode_jpeg(Image.fromarray(frame.image)), "image/jpeg")
+        keys.append(key)
+    return keys
 
 
 @dataclass

@@ -107,7 +107,7 @@ class Deliveries:
         finally:
             stop.set()
             renewer.join()
-            _settle(f"release lease {key}", lambda: self._release(keys=[key], args=[token]))
+            settle(f"release lease {key}", lambda: self._release(keys=[key], args=[token]))
 
     def _keep(self, key: str, token: str, stop: threading.Event) -> None:
         while not stop.wait(self.lease_ms / 3000):
@@ -131,12 +131,12 @@ class Deliveries:
             yield delivery
         finally:
             if delivery.settled:
-                _settle(f"drop delivery count {key}", lambda: self.redis.delete(key))
+                settle(f"drop delivery count {key}", lambda: self.redis.delete(key))
             else:
-                _settle(f"end delivery {key}", lambda: self._end(keys=[key]))
+                settle(f"end delivery {key}", lambda: self._end(keys=[key]))
 
 
-def _settle(what: str, call: Callable[[], object]) -> None:
+def settle(what: str, call: Callable[[], object]) -> None:
     for delay in (*SETTLE_DELAYS_S, None):
         try:
             call()

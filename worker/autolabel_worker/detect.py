@@ -12,7 +12,7 @@ from autolabel import layout
 from autolabel.contract import DetectOptions, DetectTask, FrameRef, FrameResult
 from autolabel.errors import AutolabelError
 from autolabel.storage import ObjectStore
-from autolabel_worker.delivery import _settle
+from autolabel_worker.delivery import settle
 from autolabel_worker.frames import load_frames
 from autolabel_worker.runtime import Runtime
 
@@ -102,7 +102,7 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "") -> bool:
             raise late from exc
         # Counted before the results are written, so a pass whose results never land shows as a
         # second pass of those frames. Waits out a Redis restart: failing here would throw the pass away.
-        _settle(f"count the passes of job {job_id}", lambda: rt.progress.add_timing(
+        settle(f"count the passes of job {job_id}", lambda: rt.progress.add_timing(
             job_id, frame_ids=frame_ids, device_seconds=outcome.device_seconds,
             frames_per_pass=sum(outcome.pass_sizes)))
         keep = set(options.classes) if options.classes else None
