@@ -41,8 +41,10 @@ def make_celery(settings: Settings) -> Celery:
             # held off by its lease (autolabel_worker.delivery).
             "visibility_timeout": settings.visibility_timeout_s,
             # kombu looks for such messages every interval x throttle seconds (100 s by default);
-            # look at least ten times per visibility timeout so recovery is not delayed further.
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10)),
+            # look at least ten times per visibility timeout so recovery is not delayed further. The
+            # workers' sweep for messages of dead processes runs on the same timer: at least four
+            # times per lease, so they are back within two leases (autolabel_worker.recovery).
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10, settings.lease_s / 4)),
             "unacked_restore_throttle": 1,
             "queue_order_strategy": "priority",
             # Priority lists and their separator stay kombu's defaults (steps 0, 3, 6, 9; sep

@@ -38,6 +38,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from pydantic import BaseModel, Field
 
+from autolabel_worker.recovery import QoS
+
 log = logging.getLogger("autolabel.broker")
 
 BAD_MESSAGES_KEY = "autolabel:bad-messages"
@@ -82,6 +84,9 @@ class ScreenedRedis(redis.Redis):
 
 
 class Channel(kombu_redis.Channel):
+    # Records which process holds each unacknowledged message, and puts back those of dead processes.
+    QoS = QoS
+
     def _get_client(self) -> Callable[..., redis.Redis]:
         return functools.partial(ScreenedRedis, screen=self._screen)
 
