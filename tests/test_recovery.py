@@ -15,12 +15,16 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_lib
+from kombu import Connection
 from test_faults import report
 from workerpool import (
     MODEL,
@@ -35,12 +39,16 @@ from workerpool import (
     wait_for_progress,
 )
 
+from autolabel.celery_app import make_celery
 from autolabel.client import LabelingClient
-from autolabel.contract import FrameRef, queue_for
+from autolabel.contract import TASK_DETECT, FrameRef, queue_for
 from autolabel.devservices import DevStack, wait_until
 from autolabel.holders import HOLDERS_KEY, UNACKED_KEY
 from autolabel.progress import JobState
 from autolabel.storage import ObjectStore
+from autolabel_worker.broker import Transport
+from autolabel_worker.delivery import Deliveries
+from autolabel_worker.recovery import Holder
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -167,3 +175,50 @@ def test_a_lost_nodes_messages_are_recovered_by_another_node(stack: DevStack, co
            f"{len(orphaned)} messages of {len(pids)} processes back in {recovered_s:.1f} s, bound {2 * LEASE_S} s",
            passes_again_allowed=True)
     assert recovered_s <= 2 * LEASE_S
+
+
+def test_a_sweep_puts_back_only_messages_of_dead_holders_once(stack: DevStack) -> None:
+    """The sweep, on the workers' own transport: a live holder's message stays; a dead holder's
+    stays while its task lease is held, then goes back once to its priority list, however many
+    sweep at once; an ack by a process that is no longer the holder leaves the new holder's entry."""
+    settings = stack.settings()
+    celery, queue, task_id = make_celery(settings), "recovery-sweep", "sweep-task"
+    redis = redis_lib.Redis.from_url(settings.broker_url, decode_responses=True)
+    options = celery.conf.broker_transport_options
+    connections = [Connection(settings.broker_url, transport=Transport, transport_options=options) for _ in range(3)]
+    channels = [connection.default_channel for connection in connections]
+    try:
+        celery.send_task(TASK_DETECT, task_id=task_id, kwargs={"job_id": "sweep"}, queue=queue, priority=6)
+        taken = channels[0].basic_get(queue)
+        tag = taken.delivery_tag
+        assert redis.hget(HOLDERS_KEY, tag) == Holder.of_this_process(redis).id
+        assert channels[1].qos.sweep() == 0, "a live holder's message was put back"
+
+        redis.hset(HOLDERS_KEY, tag, "gone-host/1/dead")  # its holder died: no heartbeat
+        redis.set(Deliveries.lease_key(task_id), "gone-host/1/dead", px=60_000)
+        assert channels[1].qos.sweep() == 0, "put back while its task lease was held"
+        redis.delete(Deliveries.lease_key(task_id))
+        barrier = threading.Barrier(2)
+
+        def sweep(channel: Any) -> int:
+            barrier.wait()
+            return channel.qos.sweep()
+
+        with ThreadPoolExecutor(2) as sweepers:
+            assert sum(sweepers.map(sweep, channels[1:])) == 1
+        assert not redis.hexists(UNACKED_KEY, tag) and not redis.hexists(HOLDERS_KEY, tag)
+        assert redis.llen(channels[0]._q_for_pri(queue, 6)) == 1  # kombu's list for priorities 6-8
+
+        again = channels[2].basic_get(queue)
+        assert (again.delivery_tag, again.delivery_info["redelivered"]) == (tag, True)
+        # The first holder was paused, not dead; it resumes and acknowledges after the message went
+        # to another process: that process's record stays.
+        redis.hset(HOLDERS_KEY, tag, "other-host/2/alive")
+        taken.ack()
+        assert redis.hget(HOLDERS_KEY, tag) == "other-host/2/alive" and redis.hexists(UNACKED_KEY, tag)
+        redis.hset(HOLDERS_KEY, tag, Holder.of_this_process(redis).id)
+        again.ack()
+        assert not redis.hexists(UNACKED_KEY, tag) and not redis.hexists(HOLDERS_KEY, tag)
+    finally:
+        for connection in connections:
+            connection.release()
