@@ -15,6 +15,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ import redis as redis_lib
 from kombu import Connection
 from test_faults import report
 from workerpool import (
+    BIN,
     MODEL,
     WORKER_ENV,
     Pool,
@@ -40,8 +42,9 @@ from workerpool import (
 )
 
 from autolabel.celery_app import make_celery
+from autolabel.cli import ProgressLine
 from autolabel.client import LabelingClient
-from autolabel.contract import TASK_DETECT, FrameRef, queue_for
+from autolabel.contract import TASK_DETECT, DetectOptions, DetectTask, FrameRef, queue_for
 from autolabel.devservices import DevStack, wait_until
 from autolabel.holders import HOLDERS_KEY, UNACKED_KEY
 from autolabel.progress import JobState
@@ -222,3 +225,32 @@ def test_a_sweep_puts_back_only_messages_of_dead_holders_once(stack: DevStack) -
     finally:
         for connection in connections:
             connection.release()
+
+
+def test_status_and_wait_say_which_tasks_wait_for_a_gone_worker(stack: DevStack,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`autolabel status` and the --wait progress line name the tasks held by a process whose
+    heartbeat is gone, instead of 'running' with an ETA; with no live worker for the model, they
+    come back once one runs."""
+    settings, job_id, model = stack.settings(), "recovery-orphans", "nobody-serves-this"
+    client = LabelingClient(settings)
+    client.progress.register(job_id, total=8, model=model, source="frames")
+    frames = [FrameRef(frame_id=f"{i}", key=f"k/{i}.jpg") for i in range(8)]
+    for part in (frames[:4], frames[4:]):
+        client.celery.send_task(TASK_DETECT, queue="recovery-orphans", kwargs=DetectTask(
+            job_id=job_id, options=DetectOptions(model=model), frames=part).model_dump(mode="json"))
+    with Connection(settings.broker_url, transport=Transport,
+                    transport_options=client.celery.conf.broker_transport_options) as connection:
+        taken = [connection.default_channel.basic_get("recovery-orphans") for _ in range(2)]
+        line = ProgressLine(False, note=client.orphans_note)
+        line(client.status(job_id))
+        assert "ETA -, queued" in capsys.readouterr().err  # held by this live process: nothing to say
+        client.progress.redis.hset(HOLDERS_KEY, taken[0].delivery_tag, "gone-host/1/dead")
+        expected = (f"1 task (4 frames) held by a worker process that is gone; back in the queue once a worker "
+                    f"for model '{model}' runs")
+        line.last = 0.0
+        line(client.status(job_id))
+        assert capsys.readouterr().err.rstrip().endswith(f"0.0 frames/s, {expected}")
+        shown = subprocess.run([str(BIN / "autolabel"), "status", job_id], env=stack.subprocess_env(),
+                               capture_output=True, text=True, check=True).stdout
+        assert f"  {expected}\n" in shown

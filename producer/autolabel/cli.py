@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
+import redis
 
 from autolabel.contract import MAX_FRAMES_PER_TASK
 from autolabel.errors import AutolabelError
-from autolabel.progress import JobState, JobStatus
+from autolabel.progress import JobState, JobStatus, broker_error
 from autolabel.serving import no_worker_message
 from autolabel.settings import get_settings
 
@@ -25,6 +27,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except AutolabelError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        except redis.RedisError as exc:
+            # Redis failing under a command (a wrong password, Redis gone): one line naming the
+            # setting, its password masked. The settings were read already, or the command had not run.
+            error = broker_error(get_settings().broker_url, exc)
+            raise click.ClickException(f"{type(error).__name__}: {error}") from exc
 
 
 def _client():  # imported lazily: `autolabel --help` and `doctor` need no broker connection
@@ -54,8 +61,10 @@ def doctor(producer: bool, create_bucket: bool) -> None:
 class ProgressLine:
     """One status line: redrawn in place on a terminal, printed every few seconds otherwise."""
 
-    def __init__(self, interactive: bool, every_s: float = 2.0) -> None:
-        self.interactive, self.every_s, self.last = interactive, every_s, 0.0
+    def __init__(self, interactive: bool, every_s: float = 2.0,
+                 note: Callable[[JobStatus], str | None] | None = None) -> None:
+        """``note``: a line that replaces the ETA and state while it has one (tasks held by a dead worker)."""
+        self.interactive, self.every_s, self.last, self.note = interactive, every_s, 0.0, note
 
     def __call__(self, status: JobStatus) -> None:
         now = time.monotonic()
@@ -66,15 +75,17 @@ class ProgressLine:
         left = status.total - status.finished
         eta = f"{left / rate:.0f}s" if rate > 0 and left else "-"
         filled = int(30 * status.finished / status.total) if status.total else 30
+        note = self.note(status) if self.note else None
         line = (f"[{'#' * filled}{'.' * (30 - filled)}] {status.done}/{status.total} done, "
-                f"{status.failed} failed, {rate:.1f} frames/s, ETA {eta}, {status.state}")
+                f"{status.failed} failed, {rate:.1f} frames/s, {note or f'ETA {eta}, {status.state}'}")
         click.echo(f"\r{line}" if self.interactive else line, nl=not self.interactive, err=True)
         if self.interactive and status.ended:
             click.echo(err=True)
 
 
 def _wait(job_id: str) -> None:
-    status = _client().wait(job_id, on_update=ProgressLine(sys.stderr.isatty()))
+    client = _client()
+    status = client.wait(job_id, on_update=ProgressLine(sys.stderr.isatty(), note=client.orphans_note))
     click.echo(f"job {job_id} {status.state}: {status.done} labeled, {status.failed} failed")
     if status.failed:
         sys.exit(2)
@@ -146,6 +157,8 @@ def status(job_id: str, wait: bool) -> None:
         click.echo(line)
     if (waited := client.unserved_for_s(current)) is not None:
         click.echo(f"  {no_worker_message(job_id, current.model, waited)}")
+    if note := client.orphans_note(current):
+        click.echo(f"  {note}")
     for frame_id, reason in sorted(current.failures.items()):
         click.echo(f"  failed {frame_id}: {reason}")
     for letter in current.dead_letters:

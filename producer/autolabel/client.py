@@ -21,6 +21,7 @@ from autolabel import layout
 from autolabel.celery_app import make_celery
 from autolabel.contract import DetectOptions, FrameRef, JobManifest, JobSpec, Sampling, content_hash, validated
 from autolabel.errors import InvalidInputError, JobNotFoundError, NoWorkerError, StorageError, SubmitError
+from autolabel.holders import orphans, orphans_note
 from autolabel.jobs import changed_frame, enqueue_frames, previous_manifest, start_job
 from autolabel.progress import JobState, JobStatus, ProgressStore, ping_broker
 from autolabel.serving import config_names, no_worker_message, unserved_for_s
@@ -236,6 +237,16 @@ class LabelingClient:
         if status.ended:
             return None
         return unserved_for_s(self.progress.redis, status.model, since=status.created_at)
+
+    def orphans_note(self, status: JobStatus) -> str | None:
+        """A line while some of the job's tasks are held by a worker process that is gone (its
+        heartbeat lapsed) and wait for a live worker's sweep to put them back; None otherwise."""
+        if status.ended:
+            return None
+        found = orphans(self.progress.redis, status.job_id)
+        served = unserved_for_s(self.progress.redis, status.model, since=status.created_at) is None
+        return orphans_note(found, status.model, served=served,
+                            sweep_s=self.celery.conf.broker_transport_options["unacked_restore_interval"])
 
     def jobs(self, limit: int = 20) -> list[JobStatus]:
         return self.progress.recent(limit)

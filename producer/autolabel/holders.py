@@ -64,6 +64,17 @@ def orphans(client: redis.Redis, job_id: str) -> Orphans:
     return Orphans(tasks=tasks, frames=frames)
 
 
+def orphans_note(found: Orphans, model: str, *, served: bool, sweep_s: float) -> str | None:
+    """One line for ``status`` and ``--wait`` while some of a job's tasks wait for a sweep; None if none do.
+    ``served``: a live worker serves the model (its sweep puts them back every ``sweep_s``)."""
+    if not found.tasks:
+        return None
+    when = (f"back in the queue within {sweep_s:.0f} s" if served
+            else f"back in the queue once a worker for model {model!r} runs")
+    return (f"{found.tasks} task{'s' if found.tasks != 1 else ''} ({found.frames} frames) held by a worker "
+            f"process that is gone; {when}")
+
+
 def _task_kwargs(raw: bytes | str | None) -> dict | None:
     """The keyword arguments of a Celery task message as kombu stores it in ``unacked``."""
     if raw is None:
