@@ -86,8 +86,8 @@ class Holder:
             return cls._current
 
     def _beat(self) -> None:
-        stop = threading.Event()  # never set: the heartbeat ends with the process
-        while not stop.wait(self.ttl_ms / 3000):
+        while True:  # a daemon thread: the heartbeat ends with the process
+            time.sleep(self.ttl_ms / 3000)
             try:
                 # SET, not PEXPIRE: after a Redis restart that lost the key, it is back within a third.
                 self._client.set(self.key, "1", px=self.ttl_ms)
