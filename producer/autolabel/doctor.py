@@ -69,13 +69,12 @@ def check_mmcv() -> list[Check]:
 
 
 def check_redis(settings: Settings) -> Check:
-    from autolabel.progress import ping_broker
+    from autolabel.progress import broker_problem, ping_broker
 
     try:
         ping_broker(settings.broker_url)
     except BrokerError as exc:
-        return Check("redis", False, f"{settings.masked()['broker_url']} does not answer ({exc.__cause__})",
-                     "start redis-server or set AUTOLABEL_BROKER_URL to a reachable Redis")
+        return Check("redis", False, *broker_problem(settings.broker_url, exc.__cause__ or exc))
     return Check("redis", True, f"{settings.masked()['broker_url']} answers")
 
 

@@ -141,8 +141,23 @@ def ping_broker(url: str, timeout_s: float = 2.0) -> None:
         with redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s) as client:
             client.ping()
     except (redis.RedisError, OSError, ValueError) as exc:
-        raise BrokerError(f"Redis at AUTOLABEL_BROKER_URL={mask_url_password(url)} does not answer ({exc}); "
-                          "start redis-server or point AUTOLABEL_BROKER_URL at a running Redis") from exc
+        raise broker_error(url, exc) from exc
+
+
+def broker_problem(url: str, exc: BaseException) -> tuple[str, str]:
+    """What went wrong with Redis at ``url`` and the fix, naming AUTOLABEL_BROKER_URL with its
+    password masked. A refused password is told apart from a Redis that does not answer: the
+    fix is in the URL, not in starting a server."""
+    where = f"Redis at AUTOLABEL_BROKER_URL={mask_url_password(url)}"
+    if isinstance(exc, redis.AuthenticationError):
+        return (f"{where} refused the password ({exc})",
+                "put Redis's password in AUTOLABEL_BROKER_URL: redis://:PASSWORD@HOST:PORT/DB (rediss:// for TLS)")
+    return f"{where} does not answer ({exc})", "start redis-server or point AUTOLABEL_BROKER_URL at a running Redis"
+
+
+def broker_error(url: str, exc: BaseException) -> BrokerError:
+    problem, fix = broker_problem(url, exc)
+    return BrokerError(f"{problem}; {fix}")
 
 
 _RUN_FIELDS = ("run_labeled", "run_started_at", "run_labeled_at")
