@@ -12,7 +12,7 @@ from autolabel import layout
 from autolabel.contract import DetectOptions, DetectTask, FrameRef, FrameResult
 from autolabel.errors import AutolabelError
 from autolabel.storage import ObjectStore
-from autolabel_worker.delivery import settle
+from autolabel_worker.delivery import HeldLease, settle
 from autolabel_worker.frames import load_frames
 from autolabel_worker.runtime import Runtime
 
@@ -41,11 +41,12 @@ def existing_stamps(store: ObjectStore, job_id: str, refs: Sequence[FrameRef],
         return dict(zip((ref.frame_id for ref in refs), pool.map(stamp, refs)))
 
 
-def process_batch(rt: Runtime, task: DetectTask, claimer: str = "") -> bool:
+def process_batch(rt: Runtime, task: DetectTask, claimer: str = "", lease: HeldLease | None = None) -> bool:
     """Label the task's frames; returns True when this batch completed the job (finalize is due).
 
     ``claimer`` (the Celery task id) lets a redelivery of the task that completed the job claim
-    its finalize again, in case the first delivery died before sending it.
+    its finalize again, in case the first delivery died before sending it. ``lease``, the task's,
+    is confirmed before the results are written (LeaseBusy when another delivery holds it).
     """
     started = time.monotonic()
     job_id = task.job_id
@@ -116,6 +117,13 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "") -> bool:
                 timestamp=frame.ref.timestamp, width=frame.width, height=frame.height,
                 model=rt.model.name, model_version=rt.model.version, detections=tuple(kept),
             ))
+    if results and lease is not None and lease.confirm():
+        # The lease lapsed while Redis was away: a copy of this message may have labeled these
+        # frames and ended meanwhile. What it wrote is kept; this delivery writes the rest.
+        refs = [ref for ref in task.frames if ref.frame_id in {r.frame_id for r in results}]
+        written = existing_stamps(rt.store, job_id, refs, rt.settings.frame_fetch_threads)
+        skipped |= {r.frame_id for r in results if written[r.frame_id] == wanted[r.frame_id]}
+        results = [r for r in results if r.frame_id not in skipped]
     if results:
         with ThreadPoolExecutor(max_workers=min(rt.settings.frame_fetch_threads, len(results))) as pool:
             list(pool.map(lambda r: rt.store.put_json(layout.detection_key(job_id, r.frame_id), r,

@@ -124,7 +124,7 @@ def detect_frames(self: Any, **payload: Any) -> dict[str, Any]:
     try:
         # Counted before the lease is taken: a delivery killed at any moment its lease can be seen
         # running is a counted one. A delivery that finds the lease busy ends cleanly, uncounted.
-        with deliveries().track(self.request.id) as delivery, deliveries().lease(self.request.id):
+        with deliveries().track(self.request.id) as delivery, deliveries().lease(self.request.id) as lease:
             if delivery.lost >= rt.settings.max_deliveries:
                 # This task's deliveries keep dying with their worker (OOM, a crash in native code):
                 # stop feeding it to workers, fail its frames and keep the record.
@@ -136,7 +136,7 @@ def detect_frames(self: Any, **payload: Any) -> dict[str, Any]:
                     task.job_id, letter, f"dead-lettered after {delivery.lost} lost deliveries") == 1
                 delivery.settled = True
             else:
-                completed = process_batch(rt, task, claimer=self.request.id)
+                completed = process_batch(rt, task, claimer=self.request.id, lease=lease)
             if completed:
                 send_finalize(task.job_id, task.options.model)
     except LeaseBusy:
