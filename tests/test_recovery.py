@@ -48,6 +48,7 @@ from autolabel.contract import TASK_DETECT, DetectOptions, DetectTask, FrameRef,
 from autolabel.devservices import DevStack, wait_until
 from autolabel.holders import HOLDERS_KEY, UNACKED_KEY
 from autolabel.progress import JobState
+from autolabel.settings import Settings
 from autolabel.storage import ObjectStore
 from autolabel_worker.broker import Transport
 from autolabel_worker.delivery import Deliveries
@@ -85,6 +86,12 @@ def pool(stack: DevStack, configs_dir: Path, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture
 def client(stack: DevStack) -> LabelingClient:
     return LabelingClient(stack.settings())
+
+
+def own_database(stack: DevStack, db: int) -> Settings:
+    """The stack's settings on Redis database ``db``, which no worker of the module's pools sweeps."""
+    return stack.settings(broker_url=f"{stack.settings().broker_url.rsplit('/', 1)[0]}/{db}", lease_s=LEASE_S,
+                          visibility_timeout_s=3600)
 
 
 def held_by(redis: redis_lib.Redis, pids: set[int]) -> dict[str, str]:
@@ -184,7 +191,7 @@ def test_a_sweep_puts_back_only_messages_of_dead_holders_once(stack: DevStack) -
     """The sweep, on the workers' own transport: a live holder's message stays; a dead holder's
     stays while its task lease is held, then goes back once to its priority list, however many
     sweep at once; an ack by a process that is no longer the holder leaves the new holder's entry."""
-    settings = stack.settings()
+    settings = own_database(stack, 2)
     celery, queue, task_id = make_celery(settings), "recovery-sweep", "sweep-task"
     redis = redis_lib.Redis.from_url(settings.broker_url, decode_responses=True)
     options = celery.conf.broker_transport_options
@@ -230,9 +237,8 @@ def test_a_sweep_puts_back_only_messages_of_dead_holders_once(stack: DevStack) -
 def test_status_and_wait_say_which_tasks_wait_for_a_gone_worker(stack: DevStack,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """`autolabel status` and the --wait progress line name the tasks held by a process whose
-    heartbeat is gone, instead of 'running' with an ETA; with no live worker for the model, they
-    come back once one runs."""
-    settings, job_id, model = stack.settings(), "recovery-orphans", "nobody-serves-this"
+    heartbeat is gone, instead of 'running' with an ETA, and when a sweep puts them back."""
+    settings, job_id, model = own_database(stack, 3), "recovery-orphans", "nobody-serves-this"
     client = LabelingClient(settings)
     client.progress.register(job_id, total=8, model=model, source="frames")
     frames = [FrameRef(frame_id=f"{i}", key=f"k/{i}.jpg") for i in range(8)]
@@ -246,11 +252,12 @@ def test_status_and_wait_say_which_tasks_wait_for_a_gone_worker(stack: DevStack,
         line(client.status(job_id))
         assert "ETA -, queued" in capsys.readouterr().err  # held by this live process: nothing to say
         client.progress.redis.hset(HOLDERS_KEY, taken[0].delivery_tag, "gone-host/1/dead")
-        expected = (f"1 task (4 frames) held by a worker process that is gone; back in the queue once a worker "
-                    f"for model '{model}' runs")
+        expected = ("1 task (4 frames) held by a worker process that is gone; a live worker puts them back in "
+                    f"the queue within {LEASE_S / 4:.0f} s")  # the sweep runs four times per lease
         line.last = 0.0
         line(client.status(job_id))
         assert capsys.readouterr().err.rstrip().endswith(f"0.0 frames/s, {expected}")
-        shown = subprocess.run([str(BIN / "autolabel"), "status", job_id], env=stack.subprocess_env(),
-                               capture_output=True, text=True, check=True).stdout
+        shown = subprocess.run([str(BIN / "autolabel"), "status", job_id], capture_output=True, text=True,
+                               env=stack.subprocess_env(**RECOVERY_ENV, AUTOLABEL_BROKER_URL=settings.broker_url),
+                               check=True).stdout
         assert f"  {expected}\n" in shown

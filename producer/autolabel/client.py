@@ -243,9 +243,7 @@ class LabelingClient:
         heartbeat lapsed) and wait for a live worker's sweep to put them back; None otherwise."""
         if status.ended:
             return None
-        found = orphans(self.progress.redis, status.job_id)
-        served = unserved_for_s(self.progress.redis, status.model, since=status.created_at) is None
-        return orphans_note(found, status.model, served=served,
+        return orphans_note(orphans(self.progress.redis, status.job_id),
                             sweep_s=self.celery.conf.broker_transport_options["unacked_restore_interval"])
 
     def jobs(self, limit: int = 20) -> list[JobStatus]:

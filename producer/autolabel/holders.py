@@ -64,15 +64,13 @@ def orphans(client: redis.Redis, job_id: str) -> Orphans:
     return Orphans(tasks=tasks, frames=frames)
 
 
-def orphans_note(found: Orphans, model: str, *, served: bool, sweep_s: float) -> str | None:
+def orphans_note(found: Orphans, sweep_s: float) -> str | None:
     """One line for ``status`` and ``--wait`` while some of a job's tasks wait for a sweep; None if none do.
-    ``served``: a live worker serves the model (its sweep puts them back every ``sweep_s``)."""
+    Every live worker process sweeps every ``sweep_s``, whatever model it serves."""
     if not found.tasks:
         return None
-    when = (f"back in the queue within {sweep_s:.0f} s" if served
-            else f"back in the queue once a worker for model {model!r} runs")
     return (f"{found.tasks} task{'s' if found.tasks != 1 else ''} ({found.frames} frames) held by a worker "
-            f"process that is gone; {when}")
+            f"process that is gone; a live worker puts them back in the queue within {sweep_s:.0f} s")
 
 
 def _task_kwargs(raw: bytes | str | None) -> dict | None:
