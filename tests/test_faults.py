@@ -68,6 +68,7 @@ from workerpool import (
     enable_versioning,
     job_frames,
     small_canvas_configs,
+    report,
     tally,
     upload_frames,
     wait_for_progress,
@@ -136,16 +137,6 @@ def lost_deliveries(client: LabelingClient) -> dict[str, int]:
     """Per task id, deliveries that started and never ended (the counts the workers keep)."""
     redis = client.progress.redis
     return {key.rsplit(":", 1)[1]: redis.hlen(key) for key in redis.scan_iter(Deliveries.count_key("*"))}
-
-
-def report(capsys: pytest.CaptureFixture[str], scenario: str, counts: Tally, seconds: float, note: str = "",
-           *, passes_again_allowed: bool = False) -> None:
-    """One line of the scenario table; ``passes_again_allowed`` marks the duplicated passes the scenario permits."""
-    with capsys.disabled():
-        print(f"\n[fault] {scenario:<38} expected {counts.expected:>5} / labeled {counts.labeled:>5} / "
-              f"duplicated writes {counts.duplicated_writes} / duplicated passes {counts.duplicated_passes}"
-              f"{' (allowed)' if passes_again_allowed else ''} / failed {counts.failed} / lost {counts.lost}  "
-              f"({seconds:.0f} s{', ' + note if note else ''})")
 
 
 def run_scenario(client: LabelingClient, pool: Pool, job_id: str, frames: list[FrameRef],

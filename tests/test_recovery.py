@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 import redis as redis_lib
 from kombu import Connection
-from test_faults import report
 from workerpool import (
     BIN,
     MODEL,
@@ -35,6 +34,7 @@ from workerpool import (
     Tally,
     enable_versioning,
     job_frames,
+    report,
     small_canvas_configs,
     tally,
     upload_frames,

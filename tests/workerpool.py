@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import redis as redis_lib
 from PIL import Image
 
@@ -268,3 +269,13 @@ def tally(client: LabelingClient, job_id: str, frames: list[FrameRef]) -> tuple[
     assert sorted(summary.missing_frames) == sorted({f.frame_id for f in frames} - set(labeled) - set(failed))
     assert counts.labeled == len(labeled), "coco.json and the result objects in the bucket disagree"
     return counts, summary
+
+
+def report(capsys: pytest.CaptureFixture[str], scenario: str, counts: Tally, seconds: float, note: str = "",
+           *, passes_again_allowed: bool = False) -> None:
+    """One line of the scenario table; ``passes_again_allowed`` marks the duplicated passes the scenario permits."""
+    with capsys.disabled():
+        print(f"\n[fault] {scenario:<38} expected {counts.expected:>5} / labeled {counts.labeled:>5} / "
+              f"duplicated writes {counts.duplicated_writes} / duplicated passes {counts.duplicated_passes}"
+              f"{' (allowed)' if passes_again_allowed else ''} / failed {counts.failed} / lost {counts.lost}  "
+              f"({seconds:.0f} s{', ' + note if note else ''})")
