@@ -22,6 +22,7 @@ from autolabel_worker.fetch import fetch_checkpoint
 
 pytestmark = pytest.mark.integration
 
+AUTOLABEL = Path(sys.executable).with_name("autolabel")
 KEY = "models/test/fake-checkpoint.pth"
 # Big enough that a download takes a while next to process start-up; not a real checkpoint (nothing loads it).
 PAYLOAD = os.urandom(6 << 20)
@@ -35,10 +36,9 @@ def uri(store: ObjectStore) -> str:
 
 
 def fetch_model_process(devstack: DevStack, log: Path, *args: str) -> subprocess.Popen[str]:
-    """The command as an initContainer runs it, in its own process; its log lines go to ``log``."""
-    code = "from autolabel_worker.commands import fetch_model; fetch_model()"
+    """`autolabel fetch-model` as an initContainer runs it, in its own process; its log lines go to ``log``."""
     with log.open("w") as handle:
-        return subprocess.Popen([sys.executable, "-c", code, *args], env=devstack.subprocess_env(),
+        return subprocess.Popen([str(AUTOLABEL), "fetch-model", *args], env=devstack.subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=handle, text=True)
 
 
@@ -141,6 +141,8 @@ def test_a_lock_held_too_long_is_an_error(devstack: DevStack, uri: str, tmp_path
         fetcher.communicate(timeout=60)
     finally:
         os.close(lock)
-    assert fetcher.returncode != 0
+    assert fetcher.returncode == 1
+    # One line for the user, no traceback.
+    assert "Error: CheckpointError: " in log.read_text() and "Traceback" not in log.read_text()
     assert "is still locked after 2 s" in log.read_text()
     assert not (tmp_path / "model.pth").exists()

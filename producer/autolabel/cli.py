@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,42 @@ from autolabel.serving import no_worker_message
 from autolabel.settings import get_settings
 
 
+# Other packages add commands through this entry-point group: the worker package its `worker`,
+# `inspect-checkpoint` and `fetch-model` (worker/pyproject.toml). A command is imported only when
+# it is run or listed, so `autolabel submit` never imports the worker's ML stack.
+COMMANDS_GROUP = "autolabel.commands"
+
+
+def _plugin_commands() -> dict[str, EntryPoint]:
+    return {entry.name: entry for entry in entry_points(group=COMMANDS_GROUP)}
+
+
 class _Group(click.Group):
     """Our errors are for users: print the message, exit 1, no traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_plugin_commands()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        entry = None if command else _plugin_commands().get(cmd_name)
+        if entry is None:
+            return command
+        try:
+            return entry.load()
+        except ImportError as exc:
+            raise click.ClickException(f"`{cmd_name}` needs the autolabel-worker package and its ML stack ({exc}); "
+                                       "run `make setup`") from exc
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                               list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            if _plugin_commands() or "No such command" not in exc.message:
+                raise
+            raise click.UsageError(f"{exc.message} Commands such as `worker` come with the autolabel-worker "
+                                   "package (`make setup`, or `pip install ./worker`).", ctx) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -234,73 +269,3 @@ def synth(out: Path, gt_path: Path | None, width: int, height: int, fps: int, se
                           seconds=seconds, seed=seed)
     click.echo(f"{info.video}: {info.frames} frames {info.width}x{info.height} at {info.fps} fps; "
                f"{info.annotations} boxes in {info.ground_truth}")
-
-
-@main.command("inspect-checkpoint")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="The model config the checkpoint is meant for (for example configs/co-dino-5scale-swin-l.py).")
-@click.option("--limit", type=click.IntRange(0), default=20, show_default=True,
-              help="Keys listed per kind; 0 lists all.")
-def inspect_checkpoint(checkpoint: Path, config: Path, limit: int) -> None:
-    """Compare a checkpoint's keys with a config's model, on CPU; exit 1 if any weight the model runs
-    with is missing or of another shape."""
-    try:
-        from autolabel_worker.checkpoint import load_weights
-        from autolabel_worker.detector import build_model
-        from autolabel_worker.runtime import add_plugin_dirs
-    except ImportError as exc:
-        raise click.ClickException(f"inspect-checkpoint needs the autolabel-worker package and its ML stack ({exc}); "
-                                   "run `make setup`") from exc
-    add_plugin_dirs(get_settings().plugin_dirs)
-    model, _ = build_model(config)
-    report = load_weights(model, checkpoint)
-    sections = [
-        ("missing (in the model, not in the checkpoint)", report.missing),
-        ("shape mismatch (checkpoint vs model)", [f"{key}: {theirs} vs {ours}" for key, theirs, ours in
-                                                  report.shape_mismatch]),
-        ("unexpected (in the checkpoint, not in the model; ignored)", report.unexpected),
-        ("skipped (parts the model does not build for inference)", report.skipped),
-    ]
-    for title, keys in sections:
-        click.echo(f"{title}: {len(keys)}")
-        for key in keys[:limit or None]:
-            click.echo(f"  {key}")
-        if limit and len(keys) > limit:
-            click.echo(f"  ... {len(keys) - limit} more")
-    total = len(model.state_dict())
-    loaded = total - len(report.missing) - len(report.shape_mismatch)
-    click.echo(f"{loaded} of {total} model tensors loaded from {checkpoint}")
-    if report.missing or report.shape_mismatch:
-        sys.exit(1)
-
-
-@main.command()
-@click.option("--devices", default="all", show_default=True, help="all, cpu, or GPU indices such as 0,1.")
-@click.option("--procs-per-device", default="auto", show_default=True,
-              help="Worker processes per device, or auto (fit the card's memory; on CPU one per 2 cores).")
-@click.option("--batch-size", type=click.IntRange(1, 64), help="Frames per forward pass (default: AUTOLABEL_BATCH_SIZE).")
-@click.option("--threads", type=click.IntRange(1, 64),
-              help="Tasks in flight per process; their frames share forward passes (default: AUTOLABEL_WORKER_THREADS).")
-@click.option("--queues", help="Comma-separated queues (default: the model's queue).")
-@click.option("--health-port", type=int, default=8008, show_default=True, help="HTTP port of /ready and /live.")
-@click.option("--health-host", help="Address /ready and /live listen on (default: AUTOLABEL_HEALTH_HOST, 0.0.0.0).")
-@click.option("--shutdown-timeout", type=float, default=120.0, show_default=True,
-              help="Seconds a process may take to finish its batch on SIGTERM before it is killed.")
-@click.option("--loglevel", default="INFO", show_default=True)
-def worker(devices: str, procs_per_device: str, batch_size: int | None, threads: int | None, queues: str | None,
-           health_port: int, health_host: str | None, shutdown_timeout: float, loglevel: str) -> None:
-    """Run worker processes for AUTOLABEL_MODEL (needs the autolabel-worker package)."""
-    try:
-        from autolabel_worker.pool import run_pool
-    except ImportError as exc:
-        raise click.ClickException(f"the worker needs the autolabel-worker package and its ML stack ({exc}); "
-                                   "run `make setup`") from exc
-    if procs_per_device != "auto" and not (procs_per_device.isdigit() and int(procs_per_device) > 0):
-        raise click.BadParameter("a positive number or auto", param_hint="--procs-per-device")
-    settings = get_settings()
-    overrides = {"batch_size": batch_size, "worker_threads": threads, "health_host": health_host}
-    settings = settings.model_copy(update={name: value for name, value in overrides.items() if value})
-    run_pool(settings, devices=devices, procs_per_device=procs_per_device,
-             queues=queues.split(",") if queues else None, health_port=health_port, loglevel=loglevel,
-             shutdown_timeout=shutdown_timeout)
