@@ -29,7 +29,8 @@ for item in json.load(open(sys.argv[1]))["install"]:
         print(f"{meta['name']}=={meta['version']}")
 PYTHON
 cv=$(sed -n 's/^opencv-python==//p' "$OUT/requirements.txt")
-# setuptools builds the two local packages; opencv-python-headless replaces opencv-python (no libGL).
+# setuptools builds the two local packages; opencv-python-headless replaces opencv-python (no libGL);
+# redis needs async-timeout on a Python before 3.11.3, such as Debian 12's 3.11.2 (the stand-in base).
 "${PIP[@]}" download --no-deps -d "$OUT" --find-links "$OUT" -r "$OUT/requirements.txt" -c requirements/lock.txt \
-    setuptools "opencv-python-headless==$cv"
+    setuptools "opencv-python-headless==$cv" "async-timeout>=4.0.3"
 echo "docker-wheels: $(ls "$OUT"/*.whl | wc -l) wheels, $(du -sh "$OUT" | cut -f1) in $OUT"
