@@ -43,7 +43,6 @@ from autolabel.devservices import DevStack, wait_until
 from autolabel.errors import InvalidInputError, JobNotFoundError
 from autolabel.exports import CocoFile, Summary
 from autolabel.progress import JobState
-from autolabel.storage import ObjectStore
 from autolabel.synth import generate_video
 from autolabel_worker.models import WEIGHTS_DIR, file_digest
 from workerpool import (
@@ -51,11 +50,11 @@ from workerpool import (
     WORKER_ENV,
     Pool,
     count_frames,
-    enable_versioning,
     job_frames,
     small_canvas_configs,
     tally,
     upload_frames,
+    versioned_stack,
 )
 
 pytestmark = [pytest.mark.integration]
@@ -77,8 +76,7 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    with DevStack(workdir=tmp_path_factory.mktemp("behaviour-services")) as started:
-        enable_versioning(ObjectStore.from_settings(started.settings()))
+    with versioned_stack(tmp_path_factory.mktemp("behaviour-services")) as started:
         yield started
 
 

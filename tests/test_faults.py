@@ -65,12 +65,12 @@ from workerpool import (
     Pool,
     Tally,
     count_frames,
-    enable_versioning,
     job_frames,
     small_canvas_configs,
     report,
     tally,
     upload_frames,
+    versioned_stack,
     wait_for_progress,
 )
 
@@ -106,9 +106,8 @@ pytestmark = [pytest.mark.fault, pytest.mark.integration]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     # Its own services: the scenarios restart and pause them.
-    with DevStack(workdir=tmp_path_factory.mktemp("fault-services")) as started:
+    with versioned_stack(tmp_path_factory.mktemp("fault-services")) as started:
         assert "--appendonly" in started.redis.argv and "yes" in started.redis.argv
-        enable_versioning(ObjectStore.from_settings(started.settings()))
         yield started
 
 

@@ -32,12 +32,12 @@ from workerpool import (
     WORKER_ENV,
     Pool,
     Tally,
-    enable_versioning,
     job_frames,
     report,
     small_canvas_configs,
     tally,
     upload_frames,
+    versioned_stack,
     wait_for_progress,
 )
 
@@ -62,8 +62,7 @@ RECOVERY_ENV = {**WORKER_ENV, "AUTOLABEL_VISIBILITY_TIMEOUT_S": "3600", "AUTOLAB
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    with DevStack(workdir=tmp_path_factory.mktemp("recovery-services")) as started:
-        enable_versioning(ObjectStore.from_settings(started.settings()))
+    with versioned_stack(tmp_path_factory.mktemp("recovery-services")) as started:
         yield started
 
 

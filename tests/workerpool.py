@@ -18,7 +18,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +204,15 @@ def wait_for_progress(client: LabelingClient, job_id: str, share: float, timeout
 def enable_versioning(store: ObjectStore) -> None:
     """Every write of an object stays as a version: a result written twice shows in the listing."""
     store.client.put_bucket_versioning(Bucket=store.bucket, VersioningConfiguration={"Status": "Enabled"})
+
+
+@contextmanager
+def versioned_stack(workdir: Path) -> Iterator[DevStack]:
+    """A test module's own services (its scenarios may restart or pause them), the bucket
+    versioned so that every write of an object counts."""
+    with DevStack(workdir=workdir) as started:
+        enable_versioning(ObjectStore.from_settings(started.settings()))
+        yield started
 
 
 def _versions(store: ObjectStore, prefix: str) -> Counter[str]:
