@@ -22,7 +22,7 @@ from autolabel.celery_app import make_celery
 from autolabel.contract import DetectOptions, FrameRef, JobManifest, JobSpec, Sampling, content_hash, validated
 from autolabel.errors import InvalidInputError, JobNotFoundError, NoWorkerError, StorageError, SubmitError
 from autolabel.holders import orphans, orphans_note
-from autolabel.jobs import changed_frame, enqueue_frames, previous_manifest, start_job
+from autolabel.jobs import changed_frame, enqueue_frames, frame_change, previous_manifest, start_job
 from autolabel.progress import JobState, JobStatus, ProgressStore, ping_broker
 from autolabel.serving import config_names, no_worker_message, unserved_for_s
 from autolabel.settings import Settings, get_settings
@@ -162,6 +162,8 @@ class LabelingClient:
         uploaded = 0
         lock = threading.Lock()
         refused = threading.Event()
+        # Indexed once: each frame is compared with the one it would overwrite as it is uploaded.
+        before = {frame.frame_id: frame for frame in previous.frames} if previous is not None else {}
 
         def upload(frame_id: str, key: str, frame: Any) -> FrameRef:
             nonlocal uploaded
@@ -169,7 +171,7 @@ class LabelingClient:
                 data = encode_jpeg(frame.image)
                 ref = FrameRef(frame_id=frame_id, key=key, index=frame.index, timestamp=frame.timestamp,
                                sha256=content_hash(data))
-                if previous is not None and (change := changed_frame(previous, [ref])):
+                if change := frame_change(before.get(frame_id), ref):
                     refused.set()
                     raise self._refuse_other_frames(spec.job_id, change)
                 if refused.is_set():

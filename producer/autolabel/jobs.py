@@ -53,14 +53,17 @@ def changed_frame(previous: JobManifest, frames: Iterable[FrameRef]) -> str | No
     (another key, or another content hash where both are known). None when every frame id the two
     share names the same image; frames only one of them has are no conflict (another sampling)."""
     before = {frame.frame_id: frame for frame in previous.frames}
-    for frame in frames:
-        old = before.get(frame.frame_id)
-        if old is None:
-            continue
-        if old.key != frame.key:
-            return f"frame {frame.frame_id} was {old.key}, now {frame.key}"
-        if old.sha256 and frame.sha256 and old.sha256 != frame.sha256:
-            return f"frame {frame.frame_id} is another image (sha256 {old.sha256}, now {frame.sha256})"
+    return next((change for frame in frames if (change := frame_change(before.get(frame.frame_id), frame))), None)
+
+
+def frame_change(old: FrameRef | None, new: FrameRef) -> str | None:
+    """Why ``new`` is not the image ``old`` (the same frame id, submitted before) named; None if it is."""
+    if old is None:
+        return None
+    if old.key != new.key:
+        return f"frame {new.frame_id} was {old.key}, now {new.key}"
+    if old.sha256 and new.sha256 and old.sha256 != new.sha256:
+        return f"frame {new.frame_id} is another image (sha256 {old.sha256}, now {new.sha256})"
     return None
 
 
