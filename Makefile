@@ -8,12 +8,16 @@ PYTEST_ARGS ?=
 setup:
 	VENV=$(VENV) scripts/bootstrap.sh
 
-# redis-server comes from Debian's packages; the tests and the demo start their own on loopback.
-# docker-compose (Debian's, 1.29) only parses docker-compose.yml in tests/test_deploy.py; no engine.
+# Debian's packages: redis-server (the tests and the demo start their own on loopback);
+# docker-compose (1.29) parses docker-compose.yml in tests/test_deploy.py; prometheus and promtool
+# scrape a real job and check the alert rules (tests/test_metrics.py); docker.io and debootstrap
+# build and run the compose stack for real (scripts/compose_test.py).
+SERVICES := redis-server docker-compose prometheus docker.io debootstrap
 services:
-	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null || { \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server docker-compose >/dev/null; }
+	@for tool in redis-server docker-compose prometheus promtool dockerd debootstrap; do \
+		command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || missing=1; done; \
+	[ -z "$$missing" ] || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SERVICES) >/dev/null; }
 
 test: setup services
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -29,9 +33,6 @@ bench: setup services
 # The compose stack built and run for real (docs/deploy.md): Debian's docker engine (dockerd is
 # started by the script when none runs) and debootstrap for stand-in base images.
 compose-test: setup services
-	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq docker.io debootstrap >/dev/null; }
 	$(PY) scripts/compose_test.py
 
 # Regenerate the lock file from the current environment after changing a dependency.
