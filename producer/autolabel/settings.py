@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     fp16: bool = Field(False, description="fp16 autocast on CUDA (not bf16: mmcv's deformable attention has no "
                        "bf16 kernel); ignored on CPU")
+    torch_threads: int | None = Field(None, ge=1, le=256, description="threads of the model's forward pass on CPU "
+                                      "(torch.set_num_threads); default: torch's, one per core. Cap it below the "
+                                      "cores so fetch, decode and upload keep a core of their own")
     plugin_dirs: str = Field("", description="directories (os.pathsep-separated) put on sys.path before a model "
                              "config is read, so its custom_imports can name modules in them")
     max_frame_pixels: int = Field(40_000_000, ge=1, description="frames larger than this are refused unread")

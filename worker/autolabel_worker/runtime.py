@@ -88,6 +88,15 @@ def add_plugin_dirs(plugin_dirs: str) -> None:
             sys.path.insert(0, directory)
 
 
+def load_detector(settings: Settings, model: ModelFiles) -> Detector:
+    """Load the model; run on the model's own thread (the Batcher's), which sets its thread count."""
+    if settings.torch_threads is not None:
+        # On CPU the forward pass's OpenMP threads otherwise take every core, and the fetch,
+        # decode and upload threads of the same process (and Redis beside it) wait behind them.
+        torch.set_num_threads(settings.torch_threads)
+    return Detector.load(model.config, model.checkpoint, device=settings.device, fp16=settings.fp16)
+
+
 @cache
 def runtime() -> Runtime:
     """Built on first use in each worker process, so the model is loaded once per process."""
@@ -96,7 +105,7 @@ def runtime() -> Runtime:
     log.info("loading model %s (%s, checkpoint %s, version %s) on %s",
              model.name, model.config, model.checkpoint, model.version, settings.device)
     add_plugin_dirs(settings.plugin_dirs)
-    load = partial(Detector.load, model.config, model.checkpoint, device=settings.device, fp16=settings.fp16)
+    load = partial(load_detector, settings, model)
     return Runtime(
         settings=settings,
         # Each task in flight fetches its frames and checks for existing results at once.
