@@ -235,9 +235,10 @@ class ProgressStore:
             pipe.execute()
 
     def add_timing(self, job_id: str, *, frame_ids: Sequence[str], device_seconds: float,
-                   frames_per_pass: int) -> None:
+                   frames_per_pass: int, passes: float = 0.0) -> None:
         """Frames just through the model. ``frames_per_pass`` sums, over the frames, the size of the
-        forward pass each rode in. Each frame's pass count goes up by one (see ``passes``)."""
+        forward pass each rode in; ``passes`` sums 1/size, the job's share of those passes (whole passes
+        when no other job's frames rode along). Each frame's pass count goes up by one (see ``passes``)."""
         job, _, _ = _keys(job_id)
         with self.redis.pipeline() as pipe:
             pipe.hincrby(job, "frames_inferred", len(frame_ids))
@@ -247,6 +248,7 @@ class ProgressStore:
             pipe.hset(job, "run_labeled_at", time.time())
             pipe.hincrby(job, "frames_per_pass_sum", frames_per_pass)
             pipe.hincrbyfloat(job, "device_seconds", device_seconds)
+            pipe.hincrbyfloat(job, "forward_passes", passes)
             _count_passes(pipe, job_id, frame_ids)
             pipe.execute()
 
@@ -264,7 +266,7 @@ class ProgressStore:
 
     def timings(self, job_id: str) -> dict[str, float]:
         job, _, _ = _keys(job_id)
-        names = ("frames_inferred", "frames_per_pass_sum", "device_seconds")
+        names = ("frames_inferred", "frames_per_pass_sum", "device_seconds", "forward_passes")
         return {name: float(value or 0) for name, value in zip(names, self.redis.hmget(job, names))}
 
     def mark_done(self, job_id: str) -> None:

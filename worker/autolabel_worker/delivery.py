@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import redis
 
+from autolabel_worker import metrics
+
 log = logging.getLogger(__name__)
 
 # A delivery count outlives any redelivery of its message, and then expires.
@@ -92,6 +94,7 @@ class HeldLease:
         lease lapsed at some point: a copy may have run and ended meanwhile, so what this delivery
         looked up before (existing results) must be looked up again."""
         if not self.renew():
+            metrics.here(metrics.LEASE_CONFLICTS).inc()
             raise LeaseBusy(self.key)
         return self.lapsed
 

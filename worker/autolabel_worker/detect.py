@@ -12,6 +12,7 @@ from autolabel import layout
 from autolabel.contract import DetectOptions, DetectTask, FrameRef, FrameResult
 from autolabel.errors import AutolabelError
 from autolabel.storage import ObjectStore
+from autolabel_worker import metrics
 from autolabel_worker.delivery import HeldLease, settle
 from autolabel_worker.frames import load_frames
 from autolabel_worker.runtime import Runtime
@@ -41,6 +42,12 @@ def existing_stamps(store: ObjectStore, job_id: str, refs: Sequence[FrameRef],
         return dict(zip((ref.frame_id for ref in refs), pool.map(stamp, refs)))
 
 
+def write_result(store: ObjectStore, result: FrameResult, stamp: dict[str, str]) -> None:
+    store.put_json(layout.detection_key(result.job_id, result.frame_id), result, stamp)
+    # Counted as each write lands: a process killed mid-task has counted exactly what it wrote.
+    metrics.here(metrics.FRAMES_LABELED).inc()
+
+
 def process_batch(rt: Runtime, task: DetectTask, claimer: str = "", lease: HeldLease | None = None) -> bool:
     """Label the task's frames; returns True when this batch completed the job (finalize is due).
 
@@ -60,6 +67,7 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "", lease: HeldL
     elif options.classes and (unknown := set(options.classes) - set(rt.detector.classes)):
         refusal = f"unknown class names {sorted(unknown)}; the model knows {list(rt.detector.classes)}"
     if refusal:
+        metrics.here(metrics.FRAMES_FAILED, reason="invalid").inc(len(task.frames))
         return rt.progress.record(job_id, done=(), failed={f.frame_id: refusal for f in task.frames},
                                   claimer=claimer) == 1
 
@@ -101,15 +109,17 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "", lease: HeldL
             # The frames still go through the model when their turn comes, for nothing: counted as passed.
             rt.progress.count_passes(job_id, frame_ids)
             raise late from exc
+        metrics.record_memory()
         # Counted before the results are written, so a pass whose results never land shows as a
         # second pass of those frames. Waits out a Redis restart: failing here would throw the pass away.
         settle(f"count the passes of job {job_id}", lambda: rt.progress.add_timing(
             job_id, frame_ids=frame_ids, device_seconds=outcome.device_seconds,
-            frames_per_pass=sum(outcome.pass_sizes)))
+            frames_per_pass=sum(outcome.pass_sizes), passes=sum(1 / size for size in outcome.pass_sizes if size)))
         keep = set(options.classes) if options.classes else None
         for frame, detections in zip(frames, outcome.results):
             if isinstance(detections, BaseException):
                 failures[frame.ref.frame_id] = f"inference failed: {type(detections).__name__}: {detections}"
+                metrics.here(metrics.FRAMES_FAILED, reason="inference").inc()
                 continue
             kept = sorted((d for d in detections if keep is None or d.class_name in keep), key=lambda d: -d.score)
             results.append(FrameResult(
@@ -125,9 +135,10 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "", lease: HeldL
         skipped |= {r.frame_id for r in results if written[r.frame_id] == wanted[r.frame_id]}
         results = [r for r in results if r.frame_id not in skipped]
     if results:
-        with ThreadPoolExecutor(max_workers=min(rt.settings.frame_fetch_threads, len(results))) as pool:
-            list(pool.map(lambda r: rt.store.put_json(layout.detection_key(job_id, r.frame_id), r,
-                                                      wanted[r.frame_id]), results))
+        with (metrics.here(metrics.STAGE_SECONDS, stage="upload").time(),
+              ThreadPoolExecutor(max_workers=min(rt.settings.frame_fetch_threads, len(results))) as pool):
+            list(pool.map(lambda r: write_result(rt.store, r, wanted[r.frame_id]), results))
+    metrics.here(metrics.FRAMES_SKIPPED).inc(len(skipped))
     for frame_id, reason in failures.items():
         log.warning("job %s frame %s failed: %s", job_id, frame_id, reason)
     completed = rt.progress.record(job_id, done=[r.frame_id for r in results] + sorted(skipped), failed=failures,

@@ -14,6 +14,7 @@ from PIL import Image
 from autolabel.contract import FrameRef, content_hash
 from autolabel.errors import FrameError, ObjectNotFoundError
 from autolabel.storage import ObjectStore
+from autolabel_worker import metrics
 
 
 @dataclass
@@ -63,8 +64,10 @@ def load_frames(
     """
 
     def load(ref: FrameRef) -> LoadedFrame:
-        data = store.get_bytes(ref.key)
-        return LoadedFrame(ref, decode_image(data, max_pixels), content_hash(data))
+        with metrics.here(metrics.STAGE_SECONDS, stage="fetch").time():
+            data = store.get_bytes(ref.key)
+        with metrics.here(metrics.STAGE_SECONDS, stage="decode").time():
+            return LoadedFrame(ref, decode_image(data, max_pixels), content_hash(data))
 
     loaded: list[LoadedFrame] = []
     failures: dict[str, str] = {}
@@ -75,4 +78,6 @@ def load_frames(
                 loaded.append(future.result())
             except (FrameError, ObjectNotFoundError) as exc:
                 failures[ref.frame_id] = f"{type(exc).__name__}: {exc}"
+                metrics.here(metrics.FRAMES_FAILED, reason="fetch" if isinstance(exc, ObjectNotFoundError)
+                             else "decode").inc()
     return loaded, failures

@@ -33,9 +33,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
 from autolabel.contract import queue_for
 from autolabel.errors import ConfigError
 from autolabel.settings import Settings
+from autolabel_worker.metrics import DEVICE_ENV, SLOT_ENV
 
 log = logging.getLogger("autolabel.pool")
 
@@ -104,6 +109,7 @@ class Child:
     env: dict[str, str]
     argv: list[str]
     ready_file: Path
+    slot: int = 0
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     # Exits in a row that came before the child had run restart_reset_s: the restart backoff's exponent.
@@ -139,6 +145,15 @@ class WorkerPool:
     children: list[Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
 
+    def __post_init__(self) -> None:
+        # The children's prometheus_client files (PROMETHEUS_MULTIPROC_DIR): private to this pool,
+        # so that /metrics sums this pool's processes only, and a stale file of another run never counts.
+        self.metrics_dir.mkdir(mode=0o700, exist_ok=True)
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.run_dir / "metrics"
+
     def child(self, device: str, slot: int) -> Child:
         name = f"autolabel-{device}-{slot}@{socket.gethostname()}"
         ready = self.run_dir / f"ready-{device}-{slot}.json"
@@ -155,10 +170,11 @@ class WorkerPool:
         env["AUTOLABEL_BATCH_SIZE"] = str(self.settings.batch_size)
         env["AUTOLABEL_WORKER_THREADS"] = str(self.settings.worker_threads)
         env["AUTOLABEL_READY_FILE"] = str(ready)
+        env.update({"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir), DEVICE_ENV: device, SLOT_ENV: str(slot)})
         argv = [sys.executable, "-m", "celery", "-A", "autolabel_worker.app", "worker", "--pool", "threads",
                 "--concurrency", str(self.settings.worker_threads), "--queues", ",".join(self.queues), "--hostname", name,
                 "--loglevel", self.loglevel, "--task-events", "--without-gossip", "--without-mingle"]
-        return Child(name, device, env, argv, ready)
+        return Child(name, device, env, argv, ready, slot)
 
     def _wait_ready(self, child: Child, timeout: float = 1800) -> dict[str, object]:
         deadline = time.monotonic() + timeout
@@ -208,6 +224,8 @@ class WorkerPool:
                     log.warning("%s exited with %s after %.0f s; restarting in %.0f s", child.name,
                                 child.process.returncode, uptime_s, delay)
                     child.restarts += 1
+                    # Its live gauges (memory) go; its counters stay in the totals.
+                    mark_process_dead(child.process.pid, str(self.metrics_dir))
                     child.quick_exits += 1
                     if self.stopping.wait(delay):
                         return
@@ -228,6 +246,7 @@ class WorkerPool:
                 log.warning("%s (pid %d) still running %.0f s after SIGTERM; killed", child.name, process.pid, timeout)
                 process.kill()
                 process.wait()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def status(self) -> dict[str, object]:
         return {
@@ -237,11 +256,43 @@ class WorkerPool:
         }
 
 
+class RestartsCollector:
+    """``autolabel_child_restarts_total`` from the launcher's own count (a collector, not a metric
+    object: the launcher keeps no prometheus_client files of its own)."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily("autolabel_child_restarts", "Worker processes restarted after they exited",
+                                     labels=("device", "process"))
+        for child in self.pool.children:
+            family.add_metric((child.device, str(child.slot)), child.restarts)
+        return [family]
+
+
+def metrics_registry(pool: WorkerPool) -> CollectorRegistry:
+    """Every child's metrics (summed from their files by prometheus_client) and the launcher's restarts."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(pool.metrics_dir))
+    registry.register(RestartsCollector(pool))
+    return registry
+
+
 def serve_health(pool: WorkerPool, host: str, port: int) -> ThreadingHTTPServer:
-    """``/ready`` is 200 once every process has warmed up; ``/live`` is 200 while the pool runs."""
+    """``/ready`` is 200 once every process has warmed up; ``/live`` is 200 while the pool runs;
+    ``/metrics`` is Prometheus's text format for every process of the pool."""
+    registry = metrics_registry(pool)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path == "/metrics":
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.end_headers()
+                self.wfile.write(body)
+                return
             status = pool.status()
             ok = {"/ready": status["ready"], "/live": not pool.stopping.is_set()}.get(self.path)
             body = json.dumps(status).encode()
@@ -276,7 +327,7 @@ def run_pool(settings: Settings, *, devices: str, procs_per_device: str, queues:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = serve_health(pool, settings.health_host, health_port)
-    log.info("health on %s:%d (/ready, /live)", settings.health_host, health_port)
+    log.info("health on %s:%d (/ready, /live, /metrics)", settings.health_host, health_port)
     try:
         pool.start()
         pool.supervise()

@@ -36,6 +36,7 @@ from kombu.utils.json import dumps, loads
 
 from autolabel.holders import HOLDERS_KEY, dead_holders, heartbeat_key
 from autolabel.settings import get_settings
+from autolabel_worker import metrics
 from autolabel_worker.delivery import Deliveries
 
 log = logging.getLogger("autolabel.recovery")
@@ -176,6 +177,7 @@ class QoS(kombu_redis.QoS):
                 args = [tag, holder, raw or "", *(value for _, value in pushes.items)]
                 if self._restore(keys=keys, args=args, client=client) == 1:
                     restored += 1
+                    metrics.here(metrics.DELIVERIES_LOST).inc()
                     log.warning("message %s of dead worker process %s put back on %s", tag, holder,
                                 ", ".join(key for key, _ in pushes.items))
         return restored

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
 from celery import Task
-from celery.signals import worker_init, worker_ready
+from celery.signals import task_retry, worker_init, worker_ready
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel
 
@@ -29,6 +30,7 @@ from autolabel.jobs import previous_manifest, start_job
 from autolabel.progress import DeadLetter
 from autolabel.serving import Heartbeat
 from autolabel.settings import get_settings
+from autolabel_worker import metrics
 from autolabel_worker.app import app
 from autolabel_worker.delivery import Deliveries, LeaseBusy
 from autolabel_worker.detect import BatchTimeLimitExceeded, process_batch
@@ -53,7 +55,11 @@ RETRY = {
 @worker_init.connect
 def _load_model(**_: Any) -> None:
     # Before the worker consumes anything: load the model once and run a warm-up batch.
-    report = runtime().warm_up()
+    started = time.perf_counter()
+    rt = runtime()
+    load_s = time.perf_counter() - started
+    report = rt.warm_up()
+    metrics.record_model(rt.model.version, load_s, report.seconds)
     log.info("warm-up: batch %d in %.2f s, peak memory %.0f MiB on %s", report.batch_size, report.seconds,
              report.peak_memory_bytes / 2**20, report.device)
 
@@ -66,6 +72,11 @@ def _report_ready(**_: Any) -> None:
     # From now on this process takes its model's tasks: say so, so that producers can tell a job
     # waiting its turn from one no worker will take (an unknown model name, no worker started).
     Heartbeat(rt.progress.redis, rt.model.name).start()
+
+
+@task_retry.connect
+def _count_retry(**_: Any) -> None:
+    metrics.here(metrics.RETRIES).inc()
 
 
 def parse(model: type[Payload], payload: dict[str, Any]) -> Payload:
@@ -107,6 +118,8 @@ class FramesTask(Task):
         except InvalidInputError:
             return  # rejected as malformed; it holds no frames of a known job
         reason = f"gave up after {self.request.retries} retries: {type(exc).__name__}: {exc}"
+        kind = "time_limit" if isinstance(exc, BatchTimeLimitExceeded) else "retries"
+        metrics.here(metrics.FRAMES_FAILED, reason=kind).inc(len(task.frames))
         try:
             completed = runtime().progress.record(task.job_id, done=(), failed=dict.fromkeys(
                 (f.frame_id for f in task.frames), reason), claimer=task_id)
@@ -135,6 +148,8 @@ def detect_frames(self: Any, **payload: Any) -> dict[str, Any]:
                 completed = rt.progress.dead_letter(
                     task.job_id, letter, f"dead-lettered after {delivery.lost} lost deliveries") == 1
                 delivery.settled = True
+                metrics.here(metrics.DEAD_LETTERS).inc()
+                metrics.here(metrics.FRAMES_FAILED, reason="dead_letter").inc(len(task.frames))
             else:
                 completed = process_batch(rt, task, claimer=self.request.id, lease=lease)
             if completed:
