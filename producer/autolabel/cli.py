@@ -132,6 +132,13 @@ def _wait(job_id: str) -> None:
 @click.option("--fps", "target_fps", type=float, help="Keep frames at this rate (follows timestamps).")
 @click.option("--start", "start_s", type=float, help="Start time in seconds.")
 @click.option("--end", "end_s", type=float, help="End time in seconds.")
+@click.option("--skip-similar", type=click.FloatRange(0, 1, max_open=True), metavar="SHARE",
+              help="Drop sampled frames of which at most this share (0..1) changed since the last kept frame, "
+                   "e.g. 0.002; the first frame after a scene cut is always kept. The manifest and summary list "
+                   "each dropped frame.")
+@click.option("--cut-threshold", type=click.FloatRange(0, 1, min_open=True),
+              help="Colour-histogram distance (0..1) from the previous sampled frame above which a frame starts a "
+                   "new scene (with --skip-similar; default 0.1).")
 @click.option("--model", help="Model name (default: AUTOLABEL_MODEL).")
 @click.option("--score-threshold", type=float, default=0.3, show_default=True)
 @click.option("--classes", help="Comma-separated class names to keep.")
@@ -139,6 +146,9 @@ def _wait(job_id: str) -> None:
 @click.option("--frames-per-task", "--batch-size", "batch_size", type=click.IntRange(1, MAX_FRAMES_PER_TASK),
               help="Frames per task message: how the job's work is split among workers (default: "
                    "AUTOLABEL_BATCH_SIZE). Not the worker's forward-pass size (`worker --batch-size`).")
+@click.option("--track", is_flag=True,
+              help="Link the detections across frames into tracks (on CPU once the frames are labeled) and write "
+                   "CVAT video, Label Studio video and MOTChallenge exports beside COCO.")
 @click.option("--job-id", help="Job id (default: a new time-sortable id).")
 @click.option("--replace", is_flag=True,
               help="Label this video under --job-id even if the id was used for another video (refused otherwise).")
@@ -157,6 +167,9 @@ def submit(source: str, classes: str | None, wait: bool, **options: Any) -> None
     status = client.status(job_id)
     click.echo(f"{chr(10) if sys.stderr.isatty() else ''}job {job_id}: {status.total} frames uploaded "
                f"and enqueued in {time.monotonic() - started:.1f}s", err=True)
+    if options["skip_similar"] is not None and (selection := client.manifest(job_id).selection) is not None:
+        click.echo(f"frame selection: {selection.kept} of {selection.considered} sampled frames kept "
+                   f"({len(selection.cuts)} scene cuts), {len(selection.dropped)} near-duplicates dropped", err=True)
     click.echo(job_id)
     if wait:
         _wait(job_id)
@@ -253,6 +266,31 @@ def preview(job_id: str, out_dir: Path, limit: int) -> None:
 
 
 @main.command()
+@click.option("--host", help="Address /metrics listens on (default: AUTOLABEL_EXPORTER_HOST, 0.0.0.0).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port of /metrics (default: AUTOLABEL_EXPORTER_PORT, 9464).")
+def exporter(host: str | None, port: int | None) -> None:
+    """Serve the queue, job and worker-count metrics for Prometheus, read from Redis at each scrape.
+
+    One per system (not per worker): docs/operations.md."""
+    from autolabel.exporter import serve
+
+    settings = get_settings()
+    host, port = host or settings.exporter_host, port or settings.exporter_port
+    click.echo(f"autolabel exporter: http://{host}:{port}/metrics", err=True)
+    serve(settings.broker_url, host, port)
+
+
+def _frame_ranges(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    ranges = []
+    for value in values:
+        start, _, end = value.partition("-")
+        if not (start.isdigit() and end.isdigit() and int(start) < int(end)):
+            raise click.BadParameter(f"{value!r} is not START-END, two frame numbers with START < END", ctx, param)
+        ranges.append((int(start), int(end)))
+    return tuple(ranges)
+
+
+@main.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--gt", "gt_path", type=click.Path(dir_okay=False, path_type=Path),
               help="COCO ground-truth file (default: OUT with .json).")
@@ -261,11 +299,16 @@ def preview(job_id: str, out_dir: Path, limit: int) -> None:
 @click.option("--fps", type=int, default=10, show_default=True)
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth(out: Path, gt_path: Path | None, width: int, height: int, fps: int, seconds: float, seed: int) -> None:
+@click.option("--still", "stills", multiple=True, callback=_frame_ranges, metavar="START-END",
+              help="Nothing moves from frame START to frame END (a static stretch); repeatable.")
+@click.option("--cut", "cuts", type=click.IntRange(min=1), multiple=True, metavar="FRAME",
+              help="Another scene starts at this frame (a scene cut); repeatable.")
+def synth(out: Path, gt_path: Path | None, width: int, height: int, fps: int, seconds: float, seed: int,
+          stills: tuple[tuple[int, int], ...], cuts: tuple[int, ...]) -> None:
     """Write a synthetic shapes video with exact COCO ground truth."""
     from autolabel.synth import generate_video
 
     info = generate_video(out, gt_path or out.with_suffix(".json"), width=width, height=height, fps=fps,
-                          seconds=seconds, seed=seed)
+                          seconds=seconds, seed=seed, stills=stills, cuts=cuts)
     click.echo(f"{info.video}: {info.frames} frames {info.width}x{info.height} at {info.fps} fps; "
                f"{info.annotations} boxes in {info.ground_truth}")

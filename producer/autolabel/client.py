@@ -19,11 +19,21 @@ from kombu.exceptions import OperationalError
 
 from autolabel import layout
 from autolabel.celery_app import make_celery
-from autolabel.contract import DetectOptions, FrameRef, JobManifest, JobSpec, Sampling, content_hash, validated
+from autolabel.contract import (
+    DetectOptions,
+    FrameRef,
+    JobManifest,
+    JobSpec,
+    Sampling,
+    Selection,
+    content_hash,
+    validated,
+)
 from autolabel.errors import InvalidInputError, JobNotFoundError, NoWorkerError, StorageError, SubmitError
 from autolabel.holders import orphans, orphans_note
 from autolabel.jobs import changed_frame, enqueue_frames, frame_change, previous_manifest, start_job
 from autolabel.progress import JobState, JobStatus, ProgressStore, ping_broker
+from autolabel.selection import FrameSelector
 from autolabel.serving import config_names, no_worker_message, unserved_for_s
 from autolabel.settings import Settings, get_settings
 from autolabel.storage import ObjectStore, parse_s3_uri
@@ -55,11 +65,15 @@ class LabelingClient:
         self._check_model(detect.model)
         sampling = validated(Sampling, {k: options[k] for k in ("every_nth", "target_fps", "start_s", "end_s")
                                         if options.get(k) is not None})
+        selection = None if options.get("skip_similar") is None else validated(Selection, {
+            k: options[k] for k in ("skip_similar", "cut_threshold") if options.get(k) is not None})
         return validated(JobSpec, {
             "job_id": job_id or new_job_id(), "source": source, "options": detect, "sampling": sampling,
+            "selection": selection,
             # 0 is refused by the contract, not replaced by the default.
             "batch_size": self.settings.batch_size if options.get("batch_size") is None else options["batch_size"],
             "priority": options.get("priority", 5),
+            "track": bool(options.get("track", False)),
         })
 
     def submit_video(
@@ -74,8 +88,11 @@ class LabelingClient:
         target_fps: float | None = None,
         start_s: float | None = None,
         end_s: float | None = None,
+        skip_similar: float | None = None,
+        cut_threshold: float | None = None,
         priority: int = 5,
         batch_size: int | None = None,
+        track: bool = False,
         upload_threads: int = 8,
         on_frame: Callable[[int], None] | None = None,
         replace: bool = False,
@@ -84,11 +101,17 @@ class LabelingClient:
 
         A ``job_id`` used before for another video is refused before anything of it is overwritten,
         unless ``replace``: then the new video's frames are labeled under it (see ``_previous``).
+        ``track``: once its frames are labeled, the job's detections are linked into tracks (on CPU,
+        no device time) and the video track exports are written (docs/results.md).
+
+        ``skip_similar``: drop sampled frames of which at most this share changed since the last kept
+        one, keeping the first frame after each scene cut (``cut_threshold``); the manifest and
+        summary list each dropped frame and the kept frame that stands for it (autolabel.selection).
         """
         spec = self._spec(str(source), job_id, {
             "model": model, "score_threshold": score_threshold, "classes": classes, "every_nth": every_nth,
-            "target_fps": target_fps, "start_s": start_s, "end_s": end_s, "priority": priority,
-            "batch_size": batch_size})
+            "target_fps": target_fps, "start_s": start_s, "end_s": end_s, "skip_similar": skip_similar,
+            "cut_threshold": cut_threshold, "priority": priority, "batch_size": batch_size, "track": track})
         # Both services are checked before anything is uploaded: without Redis the frames would be
         # uploaded for nothing, and a missing bucket fails here, once, not as the first frame's upload.
         ping_broker(self.settings.broker_url)
@@ -98,12 +121,15 @@ class LabelingClient:
             video = probe_video(path)
             previous = self._previous(job_id, replace)
             with self._leftovers_named(spec.job_id):
-                frames = self._upload_frames(spec, path, upload_threads, on_frame, None if replace else previous)
+                selector = FrameSelector(spec.selection) if spec.selection is not None else None
+                frames = self._upload_frames(spec, path, upload_threads, on_frame, None if replace else previous,
+                                             selector)
         if not frames:
             raise InvalidInputError(f"sampling {spec.sampling.model_dump(exclude_none=True)} selects no frame "
                                     f"of {source} ({video.duration_s:.1f} s, {video.frame_count} frames)")
         with self._leftovers_named(spec.job_id):
-            start_job(self.store, self.progress, self.celery, spec, frames, video, previous=previous)
+            start_job(self.store, self.progress, self.celery, spec, frames, video, previous=previous,
+                      selection=selector.report() if selector is not None else None)
         return spec.job_id
 
     @contextmanager
@@ -151,8 +177,11 @@ class LabelingClient:
         return path
 
     def _upload_frames(self, spec: JobSpec, path: Path, threads: int, on_frame: Callable[[int], None] | None,
-                       previous: JobManifest | None) -> list[FrameRef]:
+                       previous: JobManifest | None, selector: FrameSelector | None) -> list[FrameRef]:
         """Encode and upload frames on a thread pool; at most 2 x threads frames are held in memory.
+
+        With ``selector`` only the frames it keeps are uploaded; it is asked in frame order, here,
+        before the pool, so its decisions do not depend on thread timing.
 
         With ``previous`` (an earlier submission under this job id) each frame is compared with the
         one it would overwrite before it is uploaded: another image stops the upload and is refused.
@@ -189,6 +218,8 @@ class LabelingClient:
             for frame in iter_sampled_frames(path, spec.sampling):
                 if refused.is_set():
                     break
+                if selector is not None and not selector.consider(frame.index, frame.timestamp, frame.image):
+                    continue
                 frame_id = layout.video_frame_id(frame.index)
                 slots.acquire()
                 pending.append(pool.submit(upload, frame_id, layout.frame_key(spec.job_id, frame_id), frame))
@@ -197,17 +228,19 @@ class LabelingClient:
     def submit_frames(self, frames: Iterable[FrameRef | dict[str, Any]], *, job_id: str | None = None,
                       model: str | None = None, score_threshold: float = 0.3,
                       classes: Sequence[str] | None = None, priority: int = 5,
-                      batch_size: int | None = None, replace: bool = False) -> str:
+                      batch_size: int | None = None, replace: bool = False, track: bool = False) -> str:
         """Label frames already in the bucket; returns the job id.
 
         A ``job_id`` used before with other frames (a frame id naming another key, or another
         ``sha256``) is refused unless ``replace``. Results are reused only for the same image bytes.
+        ``track``: as in submit_video, frames in the order given.
         """
         refs = [frame if isinstance(frame, FrameRef) else validated(FrameRef, frame) for frame in frames]
         if not refs:
             raise InvalidInputError("frames: at least one frame is needed")
         spec = self._spec("frames", job_id, {"model": model, "score_threshold": score_threshold,
-                                             "classes": classes, "priority": priority, "batch_size": batch_size})
+                                             "classes": classes, "priority": priority, "batch_size": batch_size,
+                                             "track": track})
         ping_broker(self.settings.broker_url)
         previous = self._previous(job_id, replace)
         if previous is not None and not replace and (change := changed_frame(previous, refs)):
@@ -278,9 +311,13 @@ class LabelingClient:
         Returns the state the job had; a finalizing or done job is refused (InvalidInputError)."""
         return self.progress.cancel(job_id)
 
+    def manifest(self, job_id: str) -> JobManifest:
+        """The job's manifest: its spec, video, frame selection and frames."""
+        return JobManifest.model_validate(self.store.get_json(layout.manifest_key(job_id)))
+
     def retry(self, job_id: str) -> int:
         """Re-enqueue the job's failed and missing frames; returns how many."""
-        manifest = JobManifest.model_validate(self.store.get_json(layout.manifest_key(job_id)))
+        manifest = self.manifest(job_id)
         done = self.progress.done_frames(job_id)
         todo = [frame for frame in manifest.frames if frame.frame_id not in done]
         if not todo:

@@ -110,6 +110,43 @@ class Sampling(_Strict):
         return self
 
 
+class Selection(_Strict):
+    """Which of the sampled frames of a video to label: near-duplicates of the last kept frame are
+    dropped, the first frame after a scene cut is always kept. The measures: autolabel.selection."""
+
+    skip_similar: float = Field(ge=0, lt=1, description="a frame is dropped when at most this share of its "
+                                "128x128 grey thumbnail changed (by more than 10 of 255 grey levels) since the "
+                                "last kept frame; 0 drops only frames where nothing changed beyond noise")
+    cut_threshold: float = Field(0.1, gt=0, le=1, description="a frame whose colour histogram is further than this "
+                                 "(total variation distance, 0..1) from the previous sampled frame's starts a new "
+                                 "scene and is kept whatever its change")
+
+
+class DroppedFrame(_Strict):
+    """A sampled frame that was not labeled: the kept frame ``like`` stands for it."""
+
+    index: int = Field(ge=0, description="frame number in the source video")
+    timestamp: float = Field(ge=0, description="seconds from the start of the video")
+    reason: Literal["similar"] = Field(description="similar: at most skip_similar of it changed since the kept "
+                                       "frame `like`")
+    like: FrameId = Field(description="the last kept frame before it, whose labels stand for it")
+    change: float = Field(ge=0, le=1, description="the share of its thumbnail that changed since `like`")
+
+
+class SelectionReport(_Strict):
+    """What frame selection did with a video's sampled frames (in the manifest and the summary)."""
+
+    rule: Selection
+    considered: int = Field(ge=0, description="frames the sampling gave (every frame without --every-nth/--fps)")
+    kept: int = Field(ge=0, description="frames uploaded and labeled")
+    kept_by_reason: dict[Literal["first", "cut", "changed"], int] = Field(
+        description="first: the first sampled frame; cut: the first after a scene cut; changed: more than "
+        "skip_similar of it changed since the last kept frame")
+    dropped_by_reason: dict[Literal["similar"], int]
+    cuts: tuple[FrameId, ...] = Field(description="frames kept as the first after a scene cut")
+    dropped: tuple[DroppedFrame, ...] = Field(description="every dropped frame, in order")
+
+
 class DetectOptions(_Strict):
     """How to detect: the same for every frame of a job."""
 
@@ -125,8 +162,13 @@ class JobSpec(_Strict):
     source: str = Field(description="video path or s3:// URI, or 'frames' for frames already in storage")
     options: DetectOptions
     sampling: Sampling = Sampling()
+    selection: Selection | None = Field(None, description="near-duplicate frames dropped; null: every sampled "
+                                        "frame is labeled")
     batch_size: int = Field(4, ge=1, le=MAX_FRAMES_PER_TASK)
     priority: int = Field(5, ge=0, le=9, description="0 is served first")
+    track: bool = Field(False, description="link detections across the job's frames into tracks when its frames "
+                        "are labeled (on CPU, in finalize): every detection gets a track_id, and the CVAT video, "
+                        "Label Studio video and MOTChallenge exports are written")
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -189,6 +231,8 @@ class JobManifest(_Strict):
 
     spec: JobSpec
     video: VideoInfo | None = None
+    selection: SelectionReport | None = Field(None, description="which sampled frames were kept and why the others "
+                                              "were dropped; null without spec.selection")
     frames: tuple[FrameRef, ...] = Field(max_length=MAX_FRAMES_PER_JOB)
 
 

@@ -15,6 +15,7 @@ from autolabel.contract import (
     FrameRef,
     JobManifest,
     JobSpec,
+    SelectionReport,
     VideoInfo,
     queue_for,
     validated,
@@ -90,15 +91,17 @@ def start_job(
     frames: Sequence[FrameRef],
     video: VideoInfo | None = None,
     previous: JobManifest | None = None,
+    selection: SelectionReport | None = None,
 ) -> JobManifest:
     """Write the manifest first, so that any worker that sees a task can also see its job.
 
     ``previous``: the manifest of an earlier submission under the same job id. Its results are
     reused only for frames labeled from the same image (the workers compare content hashes); what
-    it made for frames this submission does not have is deleted.
+    it made for frames this submission does not have is deleted. ``selection``: which of the
+    video's sampled frames were kept (``frames``) and why the others were dropped.
     """
     # Checked before anything is changed: a job above MAX_FRAMES_PER_JOB is refused with the limit named.
-    manifest = validated(JobManifest, {"spec": spec, "video": video, "frames": tuple(frames)})
+    manifest = validated(JobManifest, {"spec": spec, "video": video, "selection": selection, "frames": tuple(frames)})
     if previous is not None:
         if change := changed_frame(previous, frames):
             log.warning("job %s submitted again with other frames (%s): results of changed frames are made again",

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ MIN_SIZE, SMALL_SIZE, MAX_SIZE = 12, 16, 140
 SMALL_SHARE = 0.2  # objects of 12-16 px: the hard case a labeling model must not miss
 MIN_VISIBLE_FRACTION = 0.35
 MIN_VISIBLE_PIXELS = 50
+CUT_SEED_STEP = 1_000_003  # the k-th scene after cuts is drawn from seed + k x this
 
 
 @dataclass
@@ -109,12 +110,13 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 class _Scene:
-    def __init__(self, width: int, height: int, seed: int) -> None:
+    def __init__(self, width: int, height: int, seed: int, first_id: int = 0) -> None:
+        """``first_id``: objects are numbered from first_id + 1, so the scenes of one video share no id."""
         self.width, self.height = width, height
         self.rng = np.random.default_rng(seed)
         self.pan = 200
         self.texture = _texture(self.rng, height + self.pan, width + self.pan)
-        self.next_id = 0
+        self.next_id = first_id
         self.shapes = [self._spawn(inside=True) for _ in range(int(self.rng.integers(6, 13)))]
 
     def _spawn(self, inside: bool) -> _Shape:
@@ -178,12 +180,24 @@ class _Scene:
         return SynthFrame(index, np.asarray(image), tuple(annotations))
 
 
-def render_frames(width: int, height: int, count: int, seed: int) -> Iterator[SynthFrame]:
-    """The frames of one synthetic video, in order, with their annotations."""
-    scene = _Scene(width, height, seed)
+def render_frames(width: int, height: int, count: int, seed: int, *, stills: Sequence[tuple[int, int]] = (),
+                  cuts: Sequence[int] = ()) -> Iterator[SynthFrame]:
+    """The frames of one synthetic video, in order, with their annotations.
+
+    ``stills``: (start, end) pairs of frame numbers; nothing moves from frame start to frame end,
+    not the objects, the pan nor the light, so frames start..end are one picture (a static camera
+    on a still scene). ``cuts``: frames at which another scene starts (another seed: background,
+    objects and their ids).
+    """
+    scene, clock = _Scene(width, height, seed), 0
     for index in range(count):
-        yield scene.render(index)
-        scene.step()
+        if index in cuts:
+            scene, clock = _Scene(width, height, seed + CUT_SEED_STEP * (sorted(cuts).index(index) + 1),
+                                  first_id=scene.next_id), 0
+        yield replace(scene.render(clock), index=index)
+        if not any(start <= index < end for start, end in stills):
+            scene.step()
+            clock += 1
 
 
 def coco_ground_truth(frames: list[SynthFrame], width: int, height: int) -> dict[str, Any]:
@@ -202,8 +216,11 @@ def coco_ground_truth(frames: list[SynthFrame], width: int, height: int) -> dict
 
 
 def generate_video(out_mp4: Path, out_coco_json: Path, *, width: int = 1280, height: int = 720, fps: int = 10,
-                   seconds: float = 10.0, seed: int = 0) -> SynthInfo:
-    """Write an H.264 MP4 (yuv420p, readable by PyAV and OpenCV) and its COCO ground truth."""
+                   seconds: float = 10.0, seed: int = 0, stills: Sequence[tuple[int, int]] = (),
+                   cuts: Sequence[int] = ()) -> SynthInfo:
+    """Write an H.264 MP4 (yuv420p, readable by PyAV and OpenCV) and its COCO ground truth.
+
+    ``stills`` and ``cuts`` (frame numbers) as in render_frames: static stretches and scene cuts."""
     if width % 2 or height % 2:
         raise ValueError(f"width and height must be even for yuv420p, not {width}x{height}")
     count = max(1, round(seconds * fps))
@@ -214,7 +231,7 @@ def generate_video(out_mp4: Path, out_coco_json: Path, *, width: int = 1280, hei
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # Near-lossless: the 12 px objects must survive compression.
         stream.options = {"crf": "14", "preset": "veryfast"}
-        for frame in render_frames(width, height, count, seed):
+        for frame in render_frames(width, height, count, seed, stills=stills, cuts=cuts):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.image, format="rgb24")))
             frames.append(SynthFrame(frame.index, np.empty(0, np.uint8), frame.annotations))
         container.mux(stream.encode())
