@@ -30,6 +30,7 @@ from autolabel.contract import (
     validated,
 )
 from autolabel.errors import InvalidInputError, JobNotFoundError, NoWorkerError, StorageError, SubmitError
+from autolabel.exports import Summary
 from autolabel.holders import orphans, orphans_note
 from autolabel.jobs import changed_frame, enqueue_frames, frame_change, previous_manifest, start_job
 from autolabel.progress import JobState, JobStatus, ProgressStore, ping_broker
@@ -327,13 +328,16 @@ class LabelingClient:
         return len(todo)
 
     def download_results(self, job_id: str, out_dir: Path) -> list[Path]:
-        """Download the job's exports (coco.json, labelstudio.json, summary.json) into ``out_dir``."""
+        """Download the job's exports (coco.json, labelstudio.json, summary.json, and with tracking
+        cvat-video.xml, labelstudio-video.json, mot.txt) into ``out_dir``."""
         status = self.status(job_id)
         if status.state != JobState.DONE:
             raise InvalidInputError(f"job {job_id} is {status.state}, its exports are written when it is done")
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
-        for name in layout.EXPORT_NAMES:
+        # The summary lists the exports the job has (the track exports only with tracking).
+        summary = Summary.model_validate(self.store.get_json(layout.export_key(job_id, "summary.json")))
+        for name in summary.exports:
             path = out_dir / name
             path.write_bytes(self.store.get_bytes(layout.export_key(job_id, name)))
             paths.append(path)

@@ -14,6 +14,8 @@ class Detection(BaseModel):
     score: float = Field(ge=0.0, le=1.0)
     class_id: int = Field(ge=0)
     class_name: str
+    track_id: int | None = Field(None, ge=1, description="the object's track across the job's frames (jobs "
+                                 "submitted with tracking); null without tracking")
 
     @property
     def width(self) -> float:

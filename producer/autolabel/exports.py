@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
-from autolabel.contract import FrameResult, JobManifest, VideoInfo
+from autolabel.contract import FrameResult, JobManifest, SelectionReport, VideoInfo
 from autolabel.progress import DeadLetter, JobStatus
 
 
@@ -40,6 +40,7 @@ class CocoAnnotation(BaseModel):
     area: float
     score: float
     iscrowd: int = 0
+    track_id: int | None = Field(None, description="the detection's track (jobs with tracking), as in its result file")
 
 
 class CocoFile(BaseModel):
@@ -94,6 +95,18 @@ class Timings(BaseModel):
     frames_per_second: float
     device_seconds: float = Field(description="forward-pass time, each pass split over its frames")
     mean_frames_per_pass: float = Field(description="average size of the forward passes the frames rode in")
+    forward_passes: float = Field(0.0, description="forward passes the job's frames went through (a pass shared "
+                                  "with another job's frames counts as the job's share of it); compare with "
+                                  "the workers' autolabel_forward_seconds_count")
+
+
+class TrackingSummary(BaseModel):
+    """How the job's detections were linked into tracks (jobs submitted with tracking)."""
+
+    tracker: str = Field(description="library, version and algorithm that linked the detections")
+    parameters: dict[str, float] = Field(description="the tracker's settings")
+    tracks: int = Field(description="tracks made; every detection is on one")
+    seconds: float = Field(description="wall time of the linking, on CPU in finalize; no device time")
 
 
 class Summary(BaseModel):
@@ -110,12 +123,17 @@ class Summary(BaseModel):
     frames_with_detections: int
     detections: int
     detections_per_class: dict[str, int]
+    selection: SelectionReport | None = Field(default=None, description="frames considered and kept, and why each "
+                                              "other was dropped (the manifest's); the exports list kept frames only")
     video: VideoInfo | None = Field(default=None, description="the source video as the producer read it (the "
                                     "manifest's); frames_expected above frame_count: the file was truncated")
     timings: Timings
+    tracking: TrackingSummary | None = Field(default=None, description="null: the job was submitted without tracking")
+    exports: list[str] = Field(default=["coco.json", "labelstudio.json", "summary.json"],
+                               description="the export files written for the job, beside it under jobs/JOB_ID/")
 
 
-def _ordered(manifest: JobManifest, results: Sequence[FrameResult]) -> list[FrameResult]:
+def in_frame_order(manifest: JobManifest, results: Sequence[FrameResult]) -> list[FrameResult]:
     by_id = {result.frame_id: result for result in results}
     return [by_id[frame.frame_id] for frame in manifest.frames if frame.frame_id in by_id]
 
@@ -124,7 +142,7 @@ def build_coco(manifest: JobManifest, results: Sequence[FrameResult], classes: S
     keys = {frame.frame_id: frame.key for frame in manifest.frames}
     images: list[CocoImage] = []
     annotations: list[CocoAnnotation] = []
-    for image_id, result in enumerate(_ordered(manifest, results), start=1):
+    for image_id, result in enumerate(in_frame_order(manifest, results), start=1):
         images.append(CocoImage(id=image_id, file_name=keys[result.frame_id], width=result.width,
                                 height=result.height, frame_id=result.frame_id,
                                 frame_index=result.frame_index, timestamp=result.timestamp))
@@ -132,7 +150,7 @@ def build_coco(manifest: JobManifest, results: Sequence[FrameResult], classes: S
             x, y, w, h = det.xywh()
             annotations.append(CocoAnnotation(id=len(annotations) + 1, image_id=image_id,
                                               category_id=det.class_id + 1, bbox=(x, y, w, h),
-                                              area=w * h, score=det.score))
+                                              area=w * h, score=det.score, track_id=det.track_id))
     categories = [CocoCategory(id=class_id + 1, name=name) for class_id, name in enumerate(classes)]
     info = {"description": f"autolabel job {manifest.spec.job_id}", "source": manifest.spec.source,
             "model": manifest.spec.options.model}
@@ -142,7 +160,7 @@ def build_coco(manifest: JobManifest, results: Sequence[FrameResult], classes: S
 def build_labelstudio(manifest: JobManifest, results: Sequence[FrameResult], bucket: str) -> list[LabelStudioTask]:
     keys = {frame.frame_id: frame.key for frame in manifest.frames}
     tasks: list[LabelStudioTask] = []
-    for result in _ordered(manifest, results):
+    for result in in_frame_order(manifest, results):
         regions = [
             LabelStudioRegion(
                 id=f"{result.frame_id}-{n}",
@@ -188,6 +206,8 @@ def build_summary(
     *,
     model_version: str,
     finished_at: float,
+    tracking: TrackingSummary | None = None,
+    exports: Sequence[str] = ("coco.json", "labelstudio.json", "summary.json"),
 ) -> Summary:
     per_class: Counter[str] = Counter(det.class_name for result in results for det in result.detections)
     labeled = {result.frame_id for result in results}
@@ -210,6 +230,7 @@ def build_summary(
         frames_with_detections=sum(1 for result in results if result.detections),
         detections=sum(per_class.values()),
         detections_per_class=dict(sorted(per_class.items())),
+        selection=manifest.selection,
         video=manifest.video,
         timings=Timings(
             created_at=_utc(status.created_at),
@@ -219,5 +240,8 @@ def build_summary(
             frames_per_second=round(len(labeled) / wall, 3),
             device_seconds=round(timings.get("device_seconds", 0.0), 3),
             mean_frames_per_pass=round(timings.get("frames_per_pass_sum", 0.0) / inferred, 3) if inferred else 0.0,
+            forward_passes=round(timings.get("forward_passes", 0.0), 3),
         ),
+        tracking=tracking,
+        exports=list(exports),
     )

@@ -6,6 +6,9 @@
     jobs/JOB_ID/coco.json                   COCO detection export
     jobs/JOB_ID/labelstudio.json            Label Studio import file
     jobs/JOB_ID/summary.json                counts per class, failed frames, timings
+    jobs/JOB_ID/cvat-video.xml              CVAT for video 1.1 tracks (jobs with tracking)
+    jobs/JOB_ID/labelstudio-video.json      Label Studio video tracks (video jobs with tracking)
+    jobs/JOB_ID/mot.txt                     MOTChallenge tracks (jobs with tracking)
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 from autolabel.contract import check_id
 
 EXPORT_NAMES = ("coco.json", "labelstudio.json", "summary.json")
+# Written beside them for a job submitted with tracking; the summary lists which a job has.
+TRACK_EXPORT_NAMES = ("cvat-video.xml", "labelstudio-video.json", "mot.txt")
 
 
 def job_prefix(job_id: str) -> str:
@@ -32,8 +37,8 @@ def detection_key(job_id: str, frame_id: str) -> str:
 
 
 def export_key(job_id: str, name: str) -> str:
-    if name not in EXPORT_NAMES:
-        raise ValueError(f"unknown export {name!r}; exports are {', '.join(EXPORT_NAMES)}")
+    if name not in EXPORT_NAMES + TRACK_EXPORT_NAMES:
+        raise ValueError(f"unknown export {name!r}; exports are {', '.join(EXPORT_NAMES + TRACK_EXPORT_NAMES)}")
     return job_prefix(job_id) + name
 
 

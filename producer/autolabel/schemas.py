@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from autolabel.contract import DetectTask, FinalizeTask, FrameResult, JobManifest, SubmitFramesTask
 from autolabel.exports import CocoFile, LabelStudioTask, Summary
+from autolabel.track_exports import LabelStudioVideoTask
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "detect-task": DetectTask,
@@ -19,6 +20,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "frame-result": FrameResult,
     "coco": CocoFile,
     "labelstudio-task": LabelStudioTask,
+    "labelstudio-video-task": LabelStudioVideoTask,
     "summary": Summary,
 }
 

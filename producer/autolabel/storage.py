@@ -111,6 +111,14 @@ class ObjectStore:
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("read", key, exc) from exc
 
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
+        """An object's bytes and its user metadata, in one request: to write it again with the same metadata."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            return response["Body"].read(), dict(response.get("Metadata", {}))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("read", key, exc) from exc
+
     def size(self, key: str) -> int:
         try:
             return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
