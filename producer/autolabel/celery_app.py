@@ -6,9 +6,13 @@ module imports no task code and no torch.
 
 from __future__ import annotations
 
-from celery import Celery
+from collections.abc import Mapping
+from typing import Any
 
-from autolabel.contract import DEFAULT_QUEUE
+from celery import Celery
+from celery.signals import before_task_publish
+
+from autolabel.contract import DEFAULT_QUEUE, TASK_DETECT, TASK_SUBMIT
 from autolabel.settings import Settings
 
 
@@ -55,3 +59,24 @@ def make_celery(settings: Settings) -> Celery:
         },
     )
     return app
+
+
+def frames_repr(kwargs: Mapping[str, Any]) -> str:
+    """A frame task's arguments as Flower and the worker's log show them: its job and its frames,
+    ``job=ID frames=16 (00000..00015)``. Celery's default, the payload's repr cut at 1 KB, shows
+    frame keys and options and can cut the job id off."""
+    frames = [frame for frame in kwargs.get("frames") or () if isinstance(frame, Mapping)]
+    ids = [str(frame.get("frame_id")) for frame in frames]
+    span = f" ({ids[0]}..{ids[-1]})" if len(ids) > 1 else f" ({ids[0]})" if ids else ""
+    return f"job={kwargs.get('job_id')} frames={len(frames)}{span}"
+
+
+@before_task_publish.connect
+def _describe_frame_tasks(sender: str | None = None, headers: dict[str, Any] | None = None, body: Any = None,
+                          **_: Any) -> None:
+    """Every frame task a process with this module sends gets ``frames_repr`` as its kwargsrepr
+    header: the producers' sends, the workers' retries and fan-outs, which Celery rebuilds from
+    the request without the original repr."""
+    if sender in (TASK_DETECT, TASK_SUBMIT) and headers is not None and isinstance(body, (tuple, list)) \
+            and len(body) > 1 and isinstance(body[1], Mapping):
+        headers["kwargsrepr"] = frames_repr(body[1])

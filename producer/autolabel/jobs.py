@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from celery import Celery
 
 from autolabel import layout
+from autolabel.celery_app import frames_repr
 from autolabel.contract import (
     TASK_DETECT,
     DetectTask,
@@ -36,7 +37,9 @@ def enqueue_frames(celery: Celery, spec: JobSpec, frames: Sequence[FrameRef]) ->
     chunks = batches(frames, spec.batch_size)
     for chunk in chunks:
         payload = DetectTask(job_id=spec.job_id, options=spec.options, frames=chunk)
-        celery.send_task(TASK_DETECT, kwargs=payload.model_dump(mode="json"),
+        kwargs = payload.model_dump(mode="json")
+        # kwargsrepr here too: the task-sent event (Flower's queued tasks) is built before the header is.
+        celery.send_task(TASK_DETECT, kwargs=kwargs, kwargsrepr=frames_repr(kwargs),
                          queue=queue_for(spec.options.model), priority=spec.priority)
     return len(chunks)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,11 +50,17 @@ class Settings(BaseSettings):
     ready_file: str | None = Field(None, description="a worker process writes this file once it can take work")
     health_host: str = Field("0.0.0.0", description="address the worker launcher's /ready and /live listen on; "
                              "all interfaces, as the kubelet probes the pod's IP")
+    exporter_host: str = Field("0.0.0.0", description="address `autolabel exporter` serves /metrics on; all "
+                               "interfaces, as Prometheus scrapes the pod's IP")
+    exporter_port: int = Field(9464, ge=1, le=65535, description="port of `autolabel exporter`'s /metrics")
     restart_reset_s: float = Field(60, gt=0, description="a worker process that ran this long before it died is "
                                    "restarted after 1 s again, not after the backoff its earlier deaths built up")
     gpu_replicas: int = Field(1, ge=1, le=48, description="pods sharing each card under NVIDIA time-slicing (the "
                               "device plugin's replicas): a pod sees the whole card, so --procs-per-device auto "
                               "sizes for 1/N of its memory, or the pods together run out of it")
+    log_format: Literal["text", "json"] = Field("text", description="text: lines for a terminal; json: one JSON "
+                                                "object per line (launcher, worker processes, Celery) for a "
+                                                "log collector")
     # Delivery (docs/reliability.md says which failure each one addresses).
     visibility_timeout_s: int = Field(3600, ge=2, description="Redis redelivers an unacknowledged message after this")
     batch_time_limit_s: float = Field(1800, gt=0, description="a task's wait for its forward passes; below the "

@@ -1,0 +1,171 @@
+"""System-wide metrics for Prometheus, read from Redis when Prometheus scrapes: `autolabel exporter`.
+
+The workers export what each process does (the launcher's /metrics); what belongs to the whole
+system, the queues and the jobs, is exported here once, so that a sum over worker pods never
+counts a queue twice. Torch-free: it needs Redis only (docs/operations.md lists the metrics).
+
+    autolabel_queue_length{queue}   messages waiting in a model's queue: kombu keeps one Redis list
+                                    per priority band (the queue, then queue + sep + 3, 6, 9), summed
+    autolabel_queue_unacked         messages taken by workers and not acknowledged (kombu's hash)
+    autolabel_jobs{state}           jobs per state, every state listed (0 where none)
+    autolabel_frames_pending        frames of queued and running jobs neither labeled nor failed
+    autolabel_workers_alive{model}  worker processes whose heartbeat is younger than HEARTBEAT_TTL_S
+
+The queues are those of the models the workers have served in the last week (their heartbeat
+sets) and those of jobs not ended, plus the default queue (finalize and submit tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterable, Iterator
+
+import redis
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+from prometheus_client import start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from pydantic import BaseModel
+
+from autolabel.contract import DEFAULT_QUEUE, queue_for
+from autolabel.holders import UNACKED_KEY
+from autolabel.progress import JOBS_INDEX, JobState
+from autolabel.serving import HEARTBEAT_TTL_S, workers_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9464
+# Job hashes read per pipeline round trip: the jobs index holds every job ever submitted.
+_CHUNK = 500
+_OPEN_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+class SystemSnapshot(BaseModel):
+    """What the exporter reads from Redis at one scrape."""
+
+    queue_length: dict[str, int]
+    unacked: int
+    jobs: dict[JobState, int]
+    frames_pending: int
+    workers_alive: dict[str, int]
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists kombu's transport keeps for ``queue``, one per priority band (``_q_for_pri``)."""
+    return [f"{queue}{Channel.sep}{step}" if step else queue for step in PRIORITY_STEPS]
+
+
+def served_models(client: redis.Redis) -> set[str]:
+    """Models with a worker heartbeat set: served now or within the last week (serving.FORGET_AFTER_S)."""
+    prefix = workers_key("")
+    return {key.removeprefix(prefix) for key in client.scan_iter(match=f"{prefix}*", count=1000)}
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def read_jobs(client: redis.Redis) -> tuple[dict[JobState, int], int, set[str]]:
+    """Jobs per state, frames pending and the models of the jobs not ended."""
+    jobs = dict.fromkeys(JobState, 0)
+    pending = 0
+    models: set[str] = set()
+    ids = client.zrange(JOBS_INDEX, 0, -1)
+    for chunk in _chunks(ids, _CHUNK):
+        with client.pipeline(transaction=False) as pipe:
+            for job_id in chunk:
+                pipe.hmget(f"autolabel:job:{job_id}", "state", "total", "model")
+                pipe.scard(f"autolabel:job:{job_id}:done")
+                pipe.hlen(f"autolabel:job:{job_id}:failed")
+            replies = pipe.execute()
+        for (state, total, model), done, failed in zip(replies[::3], replies[1::3], replies[2::3]):
+            if state is None:
+                continue  # a job whose hash is gone: `autolabel jobs` drops it from the index
+            state = JobState(state)
+            jobs[state] += 1
+            if state in _OPEN_STATES:
+                pending += max(0, int(total or 0) - int(done) - int(failed))
+                if model:
+                    models.add(model)
+    return jobs, pending, models
+
+
+def read_snapshot(client: redis.Redis, now: float | None = None) -> SystemSnapshot:
+    now = time.time() if now is None else now
+    jobs, pending, job_models = read_jobs(client)
+    served = served_models(client)
+    queues = sorted({DEFAULT_QUEUE} | {queue_for(model) for model in served | job_models})
+    with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            for name in priority_lists(queue):
+                pipe.llen(name)
+        pipe.hlen(UNACKED_KEY)
+        for model in sorted(served):
+            pipe.zcount(workers_key(model), now - HEARTBEAT_TTL_S, "+inf")
+        replies = pipe.execute()
+    bands = len(PRIORITY_STEPS)
+    lengths = {queue: sum(replies[i * bands:(i + 1) * bands]) for i, queue in enumerate(queues)}
+    unacked = replies[len(queues) * bands]
+    alive = dict(zip(sorted(served), replies[len(queues) * bands + 1:]))
+    return SystemSnapshot(queue_length=lengths, unacked=unacked, jobs=jobs, frames_pending=pending,
+                          workers_alive=alive)
+
+
+class SystemCollector(Collector):
+    """Reads Redis on every scrape: Prometheus sees the state at its scrape time, and nothing is
+    cached between scrapes. A Redis error fails the scrape (Prometheus records ``up`` 0), so a
+    stale or partial reading never looks like an empty queue."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            snapshot = read_snapshot(self.client)
+        except redis.RedisError as exc:
+            log.warning("scrape failed: Redis did not answer (%s)", exc)
+            raise
+        return families(snapshot)
+
+
+def families(snapshot: SystemSnapshot) -> list[Metric]:
+    queue = GaugeMetricFamily("autolabel_queue_length", "Messages waiting in the queue (all priority lists)",
+                              labels=["queue"])
+    for name, length in snapshot.queue_length.items():
+        queue.add_metric([name], length)
+    jobs = GaugeMetricFamily("autolabel_jobs", "Jobs by state", labels=["state"])
+    for state, count in snapshot.jobs.items():
+        jobs.add_metric([state.value], count)
+    alive = GaugeMetricFamily("autolabel_workers_alive", "Worker processes with a live heartbeat, per model",
+                              labels=["model"])
+    for model, count in snapshot.workers_alive.items():
+        alive.add_metric([model], count)
+    return [
+        queue,
+        GaugeMetricFamily("autolabel_queue_unacked", "Messages reserved by workers and not acknowledged",
+                          value=snapshot.unacked),
+        jobs,
+        GaugeMetricFamily("autolabel_frames_pending", "Frames of queued and running jobs not yet labeled or failed",
+                          value=snapshot.frames_pending),
+        alive,
+    ]
+
+
+def serve(broker_url: str, host: str, port: int) -> None:
+    """Serve /metrics on ``host:port`` until the process is stopped."""
+    # decode_responses: keys and fields as str; timeouts: a scrape fails instead of hanging on a lost Redis.
+    client = redis.Redis.from_url(broker_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SystemCollector(client))
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    # As a container's PID 1 the process gets no default SIGTERM action: stop on it explicitly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log.info("autolabel exporter: /metrics on %s:%d", host, port)
+    try:
+        thread.join()
+    finally:
+        server.shutdown()
