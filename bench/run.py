@@ -139,13 +139,14 @@ class Bench:
             process.terminate()
             process.wait(180)
 
-    def job(self, client: LabelingClient, refs: list[FrameRef], batch: int) -> tuple[float, float]:
-        """Submit a backlog job and wait for it: (submitted, last frame labeled), time.time() seconds."""
+    def job(self, client: LabelingClient, refs: list[FrameRef], batch: int) -> tuple[str, float, float]:
+        """Submit a backlog job and wait for it: its id, when it was submitted and when its last frame
+        was labeled (time.time() seconds)."""
         submitted = time.time()
         job_id = client.submit_frames(refs, batch_size=batch)
         status = client.wait(job_id, poll_s=0.2)
         assert status.done == len(refs) and status.labeled_at is not None, status
-        return submitted, status.labeled_at
+        return job_id, submitted, status.labeled_at
 
     def single_latencies(self, client: LabelingClient, batch: int, samples: int) -> list[tuple[float, float]]:
         """(submitted, labeled) of single-frame jobs, each into an idle worker."""
@@ -204,7 +205,7 @@ def sim_pipeline(bench: Bench, root: Path, law: Any, frames: int, batch: int) ->
     refs = bench.refs[:frames]
     with bench.workers(card.spec, batch, 1) as pool:
         cpu_before = pool.cpu_s()
-        submitted, labeled = bench.job(bench.client_for(card.spec), refs, batch)
+        _, submitted, labeled = bench.job(bench.client_for(card.spec), refs, batch)
         worker_cpu_ms = 1000 * (pool.cpu_s() - cpu_before) / len(refs)
     passes = [p for p in card.passes() if submitted <= p.start < labeled]  # not the warm-up pass
     intervals = [(p.start, p.end) for p in passes]
@@ -253,7 +254,7 @@ def sim_scaling(bench: Bench, root: Path, law: Any, frames: int, batches: list[i
         for batch in batches:
             card = SimCard(root, law)
             with bench.workers(card.spec, batch, procs):
-                submitted, labeled = bench.job(bench.client_for(card.spec), bench.refs[:frames], batch)
+                _, submitted, labeled = bench.job(bench.client_for(card.spec), bench.refs[:frames], batch)
             intervals = [(p.start, p.end) for p in card.passes() if submitted <= p.start < labeled]
             fps = frames / (labeled - submitted)
             busy = analysis.busy_share(intervals, (submitted, labeled))
@@ -265,20 +266,26 @@ def sim_scaling(bench: Bench, root: Path, law: Any, frames: int, batches: list[i
     return out
 
 
-def stages(bench: Bench, root: Path, law: Any, frames: int, batch: int) -> dict[str, Any]:
-    """The worker's own stage functions, one after another on this thread, each on the thread's CPU clock."""
-    from autolabel_worker.detect import result_stamp
+def sim_stages(bench: Bench, root: Path, law: Any, frames: int, batch: int) -> dict[str, Any]:
     from autolabel_worker.detector import Detector
-    from autolabel_worker.frames import decode_image
 
     card = SimCard(root, law)
-    os.environ.update(card.spec.env)
+    os.environ.update(card.spec.env)  # the card this process's simulated model uses
     sys.path.insert(0, str(BENCH))
     detector = Detector.load(BENCH / "configs" / f"{SIM_MODEL}.py", card.checkpoint)
+    return stages(bench, detector, SIM_MODEL, SIM, frames, batch, law.frames_per_s(batch))
+
+
+def stages(bench: Bench, detector: Any, model: str, label: str, frames: int, batch: int,
+           card_fps: float) -> dict[str, Any]:
+    """The worker's own stage functions, one after another on this thread, each on the thread's CPU clock."""
+    from autolabel_worker.detect import result_stamp
+    from autolabel_worker.frames import decode_image
+
     store, progress = bench.client.store, bench.client.progress
-    options = DetectOptions(model=SIM_MODEL)
+    options = DetectOptions(model=model)
     job_id = f"bench-stages-{int(time.time())}"
-    progress.register(job_id, total=frames, model=SIM_MODEL, source="bench")
+    progress.register(job_id, total=frames, model=model, source="bench")
     cpu = dict.fromkeys(analysis.STAGES, 0.0)
 
     def timed(stage: str, fn: Callable[[], Any]) -> Any:
@@ -296,24 +303,23 @@ def stages(bench: Bench, root: Path, law: Any, frames: int, batch: int) -> dict[
         collated = timed("collate", lambda: detector.collate(prepared))
         raws = timed("forward_host", lambda: detector.forward(collated))
         detections = [timed("postprocess", lambda r=r: detector.postprocess(r, 0.3)) for r in raws]
-        for ref, image, data, found in zip(chunk, images, datas, detections):
+        for ref, image, found in zip(chunk, images, detections):
             result = FrameResult(job_id=job_id, frame_id=ref.frame_id, frame_index=ref.index, timestamp=ref.timestamp,
-                                 width=image.shape[1], height=image.shape[0], model=SIM_MODEL,
+                                 width=image.shape[1], height=image.shape[0], model=model,
                                  model_version="bench", detections=tuple(found))
             stamp = result_stamp("bench", options, ref.sha256 or "")
             timed("upload", lambda r=result, s=stamp: store.put_json(layout.detection_key(job_id, r.frame_id), r, s))
         ids = [ref.frame_id for ref in chunk]
         timed("redis", lambda: progress.add_timing(job_id, frame_ids=ids, device_seconds=0.0,
-                                                   frames_per_pass=len(ids) ** 2))
+                                                   frames_per_pass=len(ids) ** 2, passes=1.0))
         timed("redis", lambda: progress.record(job_id, done=ids, failed={}))
     split = analysis.stage_split(cpu, len(refs))
     total = sum(split.values())
-    bound = law.frames_per_s(batch)
-    result = {"label": SIM, "frames": len(refs), "batch_size": batch, "cpu_ms_per_frame": split,
-              "cpu_ms_per_frame_total": total, "card_bound_frames_per_s": bound,
-              "cores_per_card": analysis.cores_per_card(total, bound)}
-    table(f"stages ({SIM}; CPU ms a frame outside the device, batch {batch})", (*analysis.STAGES, "total",
-          f"cores a card at {bound:.2f} frames/s"),
+    result = {"label": label, "frames": len(refs), "batch_size": batch, "cpu_ms_per_frame": split,
+              "cpu_ms_per_frame_total": total, "card_frames_per_s": card_fps,
+              "cores_per_card": analysis.cores_per_card(total, card_fps)}
+    table(f"stages ({label}; CPU ms a frame outside the device, batch {batch})", (*analysis.STAGES, "total",
+          f"cores a card at {card_fps:.2f} frames/s"),
           [(*(f"{split[s]:.2f}" for s in analysis.STAGES), f"{total:.1f}", f"{result['cores_per_card']:.2f}")])
     return result
 
@@ -354,7 +360,7 @@ def cpu(bench: Bench, frames: int, batch: int, samples: int) -> dict[str, Any]:
         # the machine's speed during the run weighs on both sides of the ratio alike.
         before, single_before = bare(bench, batch, frames, threads)
         with bench.workers(spec, batch, 1):
-            submitted, labeled = bench.job(bench.client, bench.refs[:frames], batch)
+            _, submitted, labeled = bench.job(bench.client, bench.refs[:frames], batch)
             times = bench.single_latencies(bench.client, batch, samples)
         after, single_after = bare(bench, batch, frames, threads)
         pipeline_fps = frames / (labeled - submitted)
@@ -427,7 +433,7 @@ def main() -> None:
             elif name == "sim_scaling":
                 results[name] = sim_scaling(bench, root, law, args.sweep_frames, args.batches, args.procs)
             elif name == "stages":
-                results[name] = stages(bench, root, law, args.stage_frames, args.batch_size)
+                results[name] = sim_stages(bench, root, law, args.stage_frames, args.batch_size)
             elif name == "cpu":
                 results[name] = cpu(bench, args.cpu_frames, args.batch_size, args.samples)
             else:
