@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-# Where a frame's CPU goes outside the device, in the order a frame meets them.
-STAGES = ("fetch", "decode", "pipeline", "collate", "transfer", "postprocess", "upload", "redis")
+# Where a frame's CPU goes outside the device, in the order a frame meets them; forward_host is the
+# model thread's own CPU around the device's time (launches and copies; with the simulated device, the
+# outputs made up).
+STAGES = ("fetch", "decode", "pipeline", "collate", "forward_host", "postprocess", "upload", "redis")
 
 
 def busy_seconds(intervals: Iterable[tuple[float, float]], window: tuple[float, float]) -> float:
