@@ -6,11 +6,16 @@ import argparse
 import json
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import av
 import numpy as np
 
+from autolabel.contract import JobManifest
+from autolabel.selection import labels_for_frames
 from autolabel.synth import generate_video
 from autolabel_worker.detector import Detector
 from autolabel_worker.models import REPO_CONFIGS_DIR, WEIGHTS_DIR
@@ -39,6 +44,17 @@ def evaluate_video(detector: Detector, mp4: Path, coco_gt_json: Path, batch_size
             boxes += [ScoredBox(index, d.class_name, d.xywh(), d.score) for d in detections]
     scores = map_scores(json.loads(coco_gt_json.read_text()), boxes)
     return {"map": round(scores.map, 4), "map50": round(scores.map50, 4), "frames": len(frames)}
+
+
+def carried_boxes(manifest: JobManifest, boxes: Iterable[ScoredBox]) -> list[ScoredBox]:
+    """A frame-selection job's boxes on every sampled frame: each dropped frame gets the boxes of the
+    kept frame that stands for it (labels carried forward, as a labeling tool would show them)."""
+    index_of = {frame.frame_id: frame.index for frame in manifest.frames}
+    by_index: dict[int | None, list[ScoredBox]] = defaultdict(list)
+    for box in boxes:
+        by_index[box.frame_index].append(box)
+    return [replace(box, frame_index=index) for index, frame_id in sorted(labels_for_frames(manifest).items())
+            for box in by_index[index_of[frame_id]]]
 
 
 def frames_per_second(detector: Detector, batch_size: int, repeats: int = 3,
