@@ -26,6 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from autolabel.detections import Detection
+from autolabel_worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class _Item:
     image: np.ndarray
     threshold: float
     future: Future[list[Detection]] = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
     # Set before the future resolves: this frame's share of its pass, and the pass's size.
     device_seconds: float = 0.0
     pass_size: int = 0
@@ -157,6 +159,7 @@ class Batcher(Generic[M]):
             self.stats.passes += 1
             self.stats.frames += len(batch)
             self.stats.sizes.append(len(batch))
+            metrics.observe_waits([item.queued_at for item in batch], time.monotonic())
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Item]) -> None:
@@ -174,7 +177,9 @@ class Batcher(Generic[M]):
             for item in batch:
                 self._run_batch([item])
             return
-        share = (time.perf_counter() - started) / len(batch)
+        seconds = time.perf_counter() - started
+        metrics.observe_pass(len(batch), seconds)
+        share = seconds / len(batch)
         for item, detections in zip(batch, outputs):
             item.device_seconds, item.pass_size = share, len(batch)
             item.future.set_result([d for d in detections if d.score >= item.threshold])

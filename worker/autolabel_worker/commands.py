@@ -82,7 +82,8 @@ def inspect_checkpoint(checkpoint: Path, config: Path, limit: int) -> None:
 @click.option("--threads", type=click.IntRange(1, 64),
               help="Tasks in flight per process; their frames share forward passes (default: AUTOLABEL_WORKER_THREADS).")
 @click.option("--queues", help="Comma-separated queues (default: the model's queue).")
-@click.option("--health-port", type=int, default=8008, show_default=True, help="HTTP port of /ready and /live.")
+@click.option("--health-port", type=int, default=8008, show_default=True,
+              help="HTTP port of /ready, /live and /metrics.")
 @click.option("--health-host", help="Address /ready and /live listen on (default: AUTOLABEL_HEALTH_HOST, 0.0.0.0).")
 @click.option("--shutdown-timeout", type=float, default=120.0, show_default=True,
               help="Seconds a process may take to finish its batch on SIGTERM before it is killed.")

@@ -20,12 +20,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from autolabel.logs import POOL_DEVICE_ENV, POOL_SLOT_ENV
 from autolabel.settings import get_settings
-
-# Set by the launcher for each child: the device as --devices names it (cpu, or a GPU index)
-# and the child's slot on it.
-DEVICE_ENV = "AUTOLABEL_POOL_DEVICE"
-SLOT_ENV = "AUTOLABEL_POOL_SLOT"
 
 LABELS = ("model", "device", "process")
 FAILURE_REASONS = ("fetch", "decode", "inference", "upload", "time_limit", "invalid", "retries", "dead_letter")
@@ -72,13 +68,27 @@ MODEL_INFO = Gauge("autolabel_model_info", "The model and library versions this 
 def process_labels() -> dict[str, str]:
     """This process's model, device and slot; outside the launcher, the settings' device and slot 0."""
     settings = get_settings()
-    return {"model": settings.model, "device": os.environ.get(DEVICE_ENV, settings.device),
-            "process": os.environ.get(SLOT_ENV, "0")}
+    return {"model": settings.model, "device": os.environ.get(POOL_DEVICE_ENV, settings.device),
+            "process": os.environ.get(POOL_SLOT_ENV, "0")}
 
 
 def here(metric: Any, **extra: str) -> Any:
     """``metric`` for this process (and ``extra`` labels, such as a failure's reason)."""
     return metric.labels(**process_labels(), **extra)
+
+
+def observe_pass(frames: int, seconds: float) -> None:
+    """One forward pass of ``frames`` frames that ran ``seconds``."""
+    here(FORWARD_SECONDS).observe(seconds)
+    here(BATCH_FRAMES).observe(frames)
+    here(DEVICE_BUSY_SECONDS).inc(seconds)
+
+
+def observe_waits(queued_at: list[float], now: float) -> None:
+    """Frames queued at ``queued_at`` (time.monotonic) whose pass starts ``now``."""
+    wait = here(BATCH_WAIT_SECONDS)
+    for at in queued_at:
+        wait.observe(now - at)
 
 
 def resident_bytes() -> int:

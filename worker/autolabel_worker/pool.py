@@ -39,8 +39,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from autolabel.contract import queue_for
 from autolabel.errors import ConfigError
+from autolabel.logs import POOL_DEVICE_ENV, POOL_SLOT_ENV, configure, relay_lines, secrets_of
 from autolabel.settings import Settings
-from autolabel_worker.metrics import DEVICE_ENV, SLOT_ENV
 
 log = logging.getLogger("autolabel.pool")
 
@@ -110,6 +110,10 @@ class Child:
     argv: list[str]
     ready_file: Path
     slot: int = 0
+    # JSON logs: the child's output passes through this process, which wraps any line that is not
+    # JSON and masks these secrets in it. None: the child writes to this process's stdout/stderr.
+    relay_secrets: list[str] | None = None
+    relay: threading.Thread | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     # Exits in a row that came before the child had run restart_reset_s: the restart backoff's exponent.
@@ -119,7 +123,15 @@ class Child:
     def start(self) -> None:
         self.ready_file.unlink(missing_ok=True)
         # Children log to the launcher's stdout/stderr, where a container runtime collects them.
-        self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL)
+        if self.relay_secrets is not None:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            fields = {"device": self.device, "process": str(self.slot)}
+            self.relay = threading.Thread(target=relay_lines, name=f"output-{self.name}", daemon=True,
+                                          args=(self.process.stdout, fields, self.relay_secrets))
+            self.relay.start()
+        else:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL)
         self.started_at = time.monotonic()
         log.info("started %s (pid %d) on %s", self.name, self.process.pid, self.device)
 
@@ -170,11 +182,15 @@ class WorkerPool:
         env["AUTOLABEL_BATCH_SIZE"] = str(self.settings.batch_size)
         env["AUTOLABEL_WORKER_THREADS"] = str(self.settings.worker_threads)
         env["AUTOLABEL_READY_FILE"] = str(ready)
-        env.update({"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir), DEVICE_ENV: device, SLOT_ENV: str(slot)})
-        argv = [sys.executable, "-m", "celery", "-A", "autolabel_worker.app", "worker", "--pool", "threads",
+        env.update({"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir), POOL_DEVICE_ENV: device,
+                    POOL_SLOT_ENV: str(slot)})
+        # --quiet in json mode: Celery's banner is plain text printed past the log handlers.
+        quiet = ["--quiet"] if self.settings.log_format == "json" else []
+        argv = [sys.executable, "-m", "celery", *quiet, "-A", "autolabel_worker.app", "worker", "--pool", "threads",
                 "--concurrency", str(self.settings.worker_threads), "--queues", ",".join(self.queues), "--hostname", name,
                 "--loglevel", self.loglevel, "--task-events", "--without-gossip", "--without-mingle"]
-        return Child(name, device, env, argv, ready, slot)
+        relay = secrets_of(self.settings) if self.settings.log_format == "json" else None
+        return Child(name, device, env, argv, ready, slot, relay)
 
     def _wait_ready(self, child: Child, timeout: float = 1800) -> dict[str, object]:
         deadline = time.monotonic() + timeout
@@ -246,6 +262,8 @@ class WorkerPool:
                 log.warning("%s (pid %d) still running %.0f s after SIGTERM; killed", child.name, process.pid, timeout)
                 process.kill()
                 process.wait()
+            if child.relay is not None:
+                child.relay.join(5)  # its last lines, written as it exited
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def status(self) -> dict[str, object]:
@@ -315,7 +333,7 @@ def serve_health(pool: WorkerPool, host: str, port: int) -> ThreadingHTTPServer:
 
 def run_pool(settings: Settings, *, devices: str, procs_per_device: str, queues: list[str] | None,
              health_port: int, loglevel: str, shutdown_timeout: float) -> None:
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure(settings, loglevel)
     pool = WorkerPool(settings=settings, devices=parse_devices(devices, detect_gpus()),
                       procs_per_device=None if procs_per_device == "auto" else int(procs_per_device),
                       queues=queues or [queue_for(settings.model)], loglevel=loglevel)
