@@ -25,7 +25,8 @@ test: setup services
 demo: setup services
 	$(PY) -m autolabel_worker.demo
 
-# Speed and efficiency ratios, measured side by side; results in bench/results/.
+# The simulated device's and the CPU figures (bench/run.py), then Co-DINO Swin-L on CUDA; results in
+# bench/results/ (docs/performance.md).
 bench: setup services
 	$(PY) bench/run.py
 	$(PY) bench/codetr_gpu.py || [ $$? -eq 2 ]  # Co-DETR Swin-L on CUDA; exit 2 means no GPU here
