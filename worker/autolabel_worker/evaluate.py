@@ -1,4 +1,7 @@
-"""Accuracy and speed of a detector on a held-out synthetic video: ``python -m autolabel_worker.evaluate``."""
+"""Accuracy and speed of a detector on a held-out synthetic video: ``python -m autolabel_worker.evaluate``.
+
+``--skip-similar SHARE``: what frame selection saves and loses instead, on a held-out video with
+still stretches and cuts or on any ``--video`` (with ``--gt``, its COCO ground truth)."""
 
 from __future__ import annotations
 
@@ -8,18 +11,20 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
 import numpy as np
 
-from autolabel.contract import JobManifest
-from autolabel.selection import labels_for_frames
+from autolabel import layout
+from autolabel.contract import DetectOptions, FrameRef, JobManifest, JobSpec, Sampling, Selection
+from autolabel.selection import FrameSelector, labels_for_frames
 from autolabel.synth import generate_video
 from autolabel_worker.detector import Detector
 from autolabel_worker.models import REPO_CONFIGS_DIR, WEIGHTS_DIR
-from autolabel_worker.scoring import ScoredBox, map_scores
+from autolabel.video import iter_sampled_frames
+from autolabel_worker.scoring import ScoredBox, map_scores, recall
 
 # Low enough that the precision-recall curve is complete; the job's own threshold is separate.
 EVAL_SCORE_THRESHOLD = 0.01
@@ -57,6 +62,66 @@ def carried_boxes(manifest: JobManifest, boxes: Iterable[ScoredBox]) -> list[Sco
             for box in by_index[index_of[frame_id]]]
 
 
+@dataclass(frozen=True)
+class SelectionFigures:
+    """Frame selection on one video against labeling every frame (one detector, the job's score threshold)."""
+
+    considered: int
+    kept: int
+    cuts: int
+    seconds_per_frame: float  # forward-pass time a frame, labeling every frame
+    recall_every: float | None  # of the ground truth's objects, labeling every frame (None: no ground truth)
+    recall_carried: float | None  # the same, kept frames labeled and their labels carried to the dropped ones
+    agreement: float  # the every-frame labels found by the carried ones (IoU >= 0.5): needs no ground truth
+
+    @property
+    def seconds_saved(self) -> float:
+        return (self.considered - self.kept) * self.seconds_per_frame
+
+
+def evaluate_selection(detector: Detector, model: str, video: Path, rule: Selection, truth: dict | None = None,
+                       batch_size: int = 4, score_threshold: float = 0.3) -> SelectionFigures:
+    """Label every frame of ``video`` (decoded as the producer decodes it) and select frames with
+    ``rule``; the kept frames' labels are their own (the embedded model's fixed canvas makes results
+    independent of the batch), the dropped frames' those of the kept frame that stands for them."""
+    frames = list(iter_sampled_frames(video, Sampling()))
+    selector = FrameSelector(rule)
+    kept = [frame for frame in frames if selector.consider(frame.index, frame.timestamp, frame.image)]
+    boxes: list[ScoredBox] = []
+    seconds = 0.0
+    for start in range(0, len(frames), batch_size):
+        batch = frames[start:start + batch_size]
+        started = time.perf_counter()
+        outputs = detector.predict([np.asarray(frame.image)[..., ::-1] for frame in batch], score_threshold)
+        seconds += time.perf_counter() - started
+        boxes += [ScoredBox(frame.index, d.class_name, d.xywh(), d.score)
+                  for frame, detections in zip(batch, outputs) for d in detections]
+    manifest = JobManifest(
+        spec=JobSpec(job_id="evaluate", source=str(video), options=DetectOptions(model=model), selection=rule),
+        selection=selector.report(),
+        frames=tuple(FrameRef(frame_id=layout.video_frame_id(frame.index), index=frame.index,
+                              key=f"frames/{layout.video_frame_id(frame.index)}.jpg") for frame in kept))
+    kept_indices = {frame.index for frame in kept}
+    carried = carried_boxes(manifest, [box for box in boxes if box.frame_index in kept_indices])
+    report = selector.report()
+    return SelectionFigures(
+        considered=report.considered, kept=report.kept, cuts=len(report.cuts),
+        seconds_per_frame=seconds / len(frames),
+        recall_every=recall(truth, boxes) if truth else None,
+        recall_carried=recall(truth, carried) if truth else None,
+        agreement=recall(_as_truth(boxes, [frame.index for frame in frames]), carried))
+
+
+def _as_truth(boxes: list[ScoredBox], frame_indices: list[int]) -> dict:
+    """Boxes as COCO ground truth, for the recall of one labeling against another."""
+    names = sorted({box.class_name for box in boxes})
+    return {"images": [{"id": n + 1, "frame_index": index} for n, index in enumerate(frame_indices)],
+            "categories": [{"id": n + 1, "name": name} for n, name in enumerate(names)],
+            "annotations": [{"image_id": frame_indices.index(box.frame_index) + 1,
+                             "category_id": names.index(box.class_name) + 1, "bbox": list(box.xywh), "iscrowd": 0}
+                            for box in boxes]}
+
+
 def frames_per_second(detector: Detector, batch_size: int, repeats: int = 3,
                       size: tuple[int, int] = (1280, 720)) -> float:
     """Throughput of ``predict`` on batches of ``size`` frames, after one warm-up batch."""
@@ -69,13 +134,42 @@ def frames_per_second(detector: Detector, batch_size: int, repeats: int = 3,
     return batch_size * repeats / (time.perf_counter() - started)
 
 
+def _print_selection(detector: Detector, args: argparse.Namespace) -> None:
+    rule = Selection(skip_similar=args.skip_similar, cut_threshold=args.cut_threshold)
+    with tempfile.TemporaryDirectory() as tmp:
+        video, truth = args.video, args.gt
+        if video is None:
+            # A third of the video in two still stretches, and two cuts.
+            count = round(args.seconds * 10)
+            video, truth = Path(tmp) / "heldout.mp4", Path(tmp) / "heldout.json"
+            generate_video(video, truth, width=1280, height=720, fps=10, seconds=args.seconds, seed=args.seed,
+                           stills=((count // 10, 3 * count // 10), (6 * count // 10, 7 * count // 10)),
+                           cuts=(count // 2, 8 * count // 10))
+        figures = evaluate_selection(detector, args.model, video, rule,
+                                     json.loads(truth.read_text()) if truth else None)
+    print(f"{video.name if args.video else f'held-out seed {args.seed} with stills and cuts'}: "
+          f"{figures.kept} of {figures.considered} frames kept ({figures.cuts} cuts) with skip_similar "
+          f"{rule.skip_similar}; {figures.seconds_per_frame:.3f} s a frame, {figures.seconds_saved:.1f} s saved")
+    if figures.recall_every is not None:
+        print(f"recall@0.5 of the ground truth: every frame {figures.recall_every:.3f}, "
+              f"kept frames carried {figures.recall_carried:.3f}")
+    print(f"every-frame labels found by the carried ones: {figures.agreement:.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="shapes-rtmdet-tiny", help="config name in configs/ with weights in weights/")
     parser.add_argument("--seed", type=int, default=424242, help="seed of the held-out video")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of the held-out 10 fps video")
+    parser.add_argument("--skip-similar", type=float, help="measure frame selection with this threshold instead")
+    parser.add_argument("--cut-threshold", type=float, default=0.1, help="frame selection's cut threshold")
+    parser.add_argument("--video", type=Path, help="with --skip-similar: this video, not a generated one")
+    parser.add_argument("--gt", type=Path, help="--video's COCO ground truth (images with frame_index)")
     args = parser.parse_args(argv)
     detector = Detector.load(REPO_CONFIGS_DIR / f"{args.model}.py", WEIGHTS_DIR / f"{args.model}.pth")
+    if args.skip_similar is not None:
+        _print_selection(detector, args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         video, truth = Path(tmp) / "heldout.mp4", Path(tmp) / "heldout.json"
         generate_video(video, truth, width=1280, height=720, fps=10, seconds=args.seconds, seed=args.seed)
