@@ -114,6 +114,21 @@ def test_the_generator_holds_still_and_cuts() -> None:
     assert [f.index for f in frames] == list(range(20))
 
 
+def test_under_a_fixed_camera_only_the_objects_move() -> None:
+    frames = list(render_frames(640, 360, 6, 3, fixed_camera=((1, 5),)))
+    for before, after in zip(frames[1:4], frames[2:5]):
+        assert before.annotations != after.annotations
+        background = np.ones((360, 640), bool)
+        for annotation in before.annotations + after.annotations:
+            x1, y1, x2, y2 = annotation.box
+            background[max(0, y1 - 1):y2 + 1, max(0, x1 - 1):x2 + 1] = False
+        assert background.mean() > 0.3
+        assert np.array_equal(before.image[background], after.image[background])
+    # Before and after, the camera pans: the background moves.
+    moving = np.abs(frames[0].image.astype(int) - frames[1].image.astype(int)).mean()
+    assert moving > 1
+
+
 @pytest.fixture(scope="module")
 def stills_and_cuts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("selection")

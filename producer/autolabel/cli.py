@@ -303,12 +303,14 @@ def _frame_ranges(ctx: click.Context, param: click.Parameter, values: tuple[str,
               help="Nothing moves from frame START to frame END (a static stretch); repeatable.")
 @click.option("--cut", "cuts", type=click.IntRange(min=1), multiple=True, metavar="FRAME",
               help="Another scene starts at this frame (a scene cut); repeatable.")
+@click.option("--fixed-camera", multiple=True, callback=_frame_ranges, metavar="START-END",
+              help="From frame START to frame END the background holds while the objects move; repeatable.")
 def synth(out: Path, gt_path: Path | None, width: int, height: int, fps: int, seconds: float, seed: int,
-          stills: tuple[tuple[int, int], ...], cuts: tuple[int, ...]) -> None:
+          stills: tuple[tuple[int, int], ...], cuts: tuple[int, ...], fixed_camera: tuple[tuple[int, int], ...]) -> None:
     """Write a synthetic shapes video with exact COCO ground truth."""
     from autolabel.synth import generate_video
 
     info = generate_video(out, gt_path or out.with_suffix(".json"), width=width, height=height, fps=fps,
-                          seconds=seconds, seed=seed, stills=stills, cuts=cuts)
+                          seconds=seconds, seed=seed, stills=stills, cuts=cuts, fixed_camera=fixed_camera)
     click.echo(f"{info.video}: {info.frames} frames {info.width}x{info.height} at {info.fps} fps; "
                f"{info.annotations} boxes in {info.ground_truth}")

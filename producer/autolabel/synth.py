@@ -11,6 +11,9 @@ detector can see), category ids are class ids + 1, and image ``frame_index`` tie
 its frame. An object with less than ``MIN_VISIBLE_FRACTION`` of its area visible (mostly
 occluded or outside the frame) or fewer than ``MIN_VISIBLE_PIXELS`` visible pixels is kept
 with ``iscrowd = 1``: COCO evaluation ignores detections on it instead of calling them wrong.
+Each annotation's ``track_id`` is its object's identity: the same object has the same id in every
+frame, and an object that left the frame never comes back (a new one enters with a new id), which
+is the ground truth a tracker's MOTA and IDF1 are measured against.
 """
 
 from __future__ import annotations
@@ -140,6 +143,28 @@ class _Scene:
                       PALETTE[int(rng.integers(len(PALETTE)))], size, x, y,
                       speed * math.cos(angle), speed * math.sin(angle))
 
+    def add_crossings(self, pairs: int, frames: int) -> None:
+        """Pairs of same-class objects on roughly head-on paths that meet inside the frame, at
+        moments spread over the video's ``frames``: one passes over the other (an occlusion where
+        identities can swap), then both go on and leave the frame."""
+        rng = self.rng
+        for pair in range(pairs):
+            meet_at = max(5.0, frames * (pair + 1) / (pairs + 1))
+            meet_x, meet_y = rng.uniform(0.3, 0.7) * self.width, rng.uniform(0.3, 0.7) * self.height
+            class_id = int(rng.integers(len(SHAPE_CLASSES)))
+            size = float(math.exp(rng.uniform(math.log(24), math.log(80))))
+            angle = rng.uniform(0, 2 * math.pi)
+            # Slow enough that both start inside the frame (a start outside would be respawned at once).
+            speed = min(float(rng.uniform(3.0, 7.0)), 0.25 * self.height / meet_at)
+            colours = rng.choice(len(PALETTE), size=2, replace=False)
+            for heading, scale, colour in ((angle, 1.0, colours[0]),
+                                           (angle + math.pi + rng.uniform(-0.7, 0.7), rng.uniform(0.8, 1.2),
+                                            colours[1])):
+                vx, vy = speed * math.cos(heading), speed * math.sin(heading)
+                self.next_id += 1
+                self.shapes.append(_Shape(self.next_id, class_id, PALETTE[int(colour)], size * float(scale),
+                                          meet_x - vx * meet_at, meet_y - vy * meet_at, vx, vy))
+
     def _gone(self, shape: _Shape) -> bool:
         margin = shape.size
         return not (-margin < shape.x < self.width + margin and -margin < shape.y < self.height + margin)
@@ -181,15 +206,20 @@ class _Scene:
 
 
 def render_frames(width: int, height: int, count: int, seed: int, *, stills: Sequence[tuple[int, int]] = (),
-                  cuts: Sequence[int] = ()) -> Iterator[SynthFrame]:
+                  cuts: Sequence[int] = (), crossings: int = 0,
+                  fixed_camera: Sequence[tuple[int, int]] = ()) -> Iterator[SynthFrame]:
     """The frames of one synthetic video, in order, with their annotations.
 
     ``stills``: (start, end) pairs of frame numbers; nothing moves from frame start to frame end,
     not the objects, the pan nor the light, so frames start..end are one picture (a static camera
     on a still scene). ``cuts``: frames at which another scene starts (another seed: background,
-    objects and their ids).
+    objects and their ids). ``crossings``: pairs of objects added to the first scene that cross
+    each other and leave the frame (``_Scene.add_crossings``); 0 draws the same video as before.
+    ``fixed_camera``: (start, end) pairs; from frame start to frame end the background neither pans
+    nor changes light while the objects move on (a surveillance camera).
     """
     scene, clock = _Scene(width, height, seed), 0
+    scene.add_crossings(crossings, count)
     for index in range(count):
         if index in cuts:
             scene, clock = _Scene(width, height, seed + CUT_SEED_STEP * (sorted(cuts).index(index) + 1),
@@ -197,7 +227,8 @@ def render_frames(width: int, height: int, count: int, seed: int, *, stills: Seq
         yield replace(scene.render(clock), index=index)
         if not any(start <= index < end for start, end in stills):
             scene.step()
-            clock += 1
+            # The clock drives the pan and the light: the camera's, stopped while it is fixed.
+            clock += not any(start <= index < end for start, end in fixed_camera)
 
 
 def coco_ground_truth(frames: list[SynthFrame], width: int, height: int) -> dict[str, Any]:
@@ -217,10 +248,13 @@ def coco_ground_truth(frames: list[SynthFrame], width: int, height: int) -> dict
 
 def generate_video(out_mp4: Path, out_coco_json: Path, *, width: int = 1280, height: int = 720, fps: int = 10,
                    seconds: float = 10.0, seed: int = 0, stills: Sequence[tuple[int, int]] = (),
-                   cuts: Sequence[int] = ()) -> SynthInfo:
+                   cuts: Sequence[int] = (), crossings: int = 0,
+                   fixed_camera: Sequence[tuple[int, int]] = ()) -> SynthInfo:
     """Write an H.264 MP4 (yuv420p, readable by PyAV and OpenCV) and its COCO ground truth.
 
-    ``stills`` and ``cuts`` (frame numbers) as in render_frames: static stretches and scene cuts."""
+    ``stills``, ``cuts`` and ``fixed_camera`` (frame numbers) as in render_frames: static stretches,
+    scene cuts and a camera that holds while objects move; ``crossings``: pairs of objects that
+    cross each other and leave the frame."""
     if width % 2 or height % 2:
         raise ValueError(f"width and height must be even for yuv420p, not {width}x{height}")
     count = max(1, round(seconds * fps))
@@ -231,7 +265,8 @@ def generate_video(out_mp4: Path, out_coco_json: Path, *, width: int = 1280, hei
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # Near-lossless: the 12 px objects must survive compression.
         stream.options = {"crf": "14", "preset": "veryfast"}
-        for frame in render_frames(width, height, count, seed, stills=stills, cuts=cuts):
+        for frame in render_frames(width, height, count, seed, stills=stills, cuts=cuts,
+                                   crossings=crossings, fixed_camera=fixed_camera):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.image, format="rgb24")))
             frames.append(SynthFrame(frame.index, np.empty(0, np.uint8), frame.annotations))
         container.mux(stream.encode())
