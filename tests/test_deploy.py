@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
+from cloudcoil.models.prometheus_operator.v1 import PodMonitor, ServiceMonitor
 
 from autolabel.contract import queue_for
 from autolabel.settings import Settings
@@ -36,7 +37,7 @@ PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 SECRET_SETTINGS = {"AUTOLABEL_BROKER_URL", "AUTOLABEL_S3_ACCESS_KEY_ID", "AUTOLABEL_S3_SECRET_ACCESS_KEY"}
 # What a deployed pod must be told; the defaults (a broker on 127.0.0.1, AWS) are a developer's.
 REQUIRED = SECRET_SETTINGS | {"AUTOLABEL_S3_ENDPOINT_URL"}
-OPTIONAL_COMPONENTS = ["weights-shared-pvc", "time-slicing", "mig", "keda", "two-models", "external-redis"]
+OPTIONAL_COMPONENTS = ["weights-shared-pvc", "time-slicing", "mig", "keda", "two-models", "external-redis", "monitoring"]
 
 
 def tool(name: str) -> str:
@@ -79,6 +80,8 @@ def validate_strictly(docs: list[dict[str, Any]]) -> None:
     for doc in docs:
         if doc["apiVersion"].startswith("keda.sh/"):
             validate_keda(doc)
+        elif doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            validate_prometheus_operator(doc)
         else:
             for version in KUBERNETES_VERSIONS:
                 kubernetes_validate.validate(doc, version, strict=True)
@@ -91,6 +94,14 @@ def validate_keda(doc: dict[str, Any]) -> None:
     parsed = model.model_validate(doc)
     assert parsed.model_dump(mode="json", by_alias=True, exclude_unset=True) == doc, \
         f"{doc['kind']} {doc['metadata']['name']} has fields KEDA's schema does not know"
+
+
+def validate_prometheus_operator(doc: dict[str, Any]) -> None:
+    """Against the Prometheus Operator's CRD schemas (cloudcoil's models), as validate_keda."""
+    model = {"PodMonitor": PodMonitor, "ServiceMonitor": ServiceMonitor}[doc["kind"]]
+    parsed = model.model_validate(doc)
+    assert parsed.model_dump(mode="json", by_alias=True, exclude_unset=True) == doc, \
+        f"{doc['kind']} {doc['metadata']['name']} has fields the Prometheus Operator's schema does not know"
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -154,8 +165,9 @@ def test_overlays_render_and_validate_strictly(gpu: list[dict[str, Any]], dev: l
     validate_strictly(gpu)
     validate_strictly(dev)
     validate_strictly(kustomize(K8S / "cluster" / "time-slicing"))
-    assert set(by_kind(gpu, "Deployment")) == {"autolabel-worker", "autolabel-flower"}
-    assert set(by_kind(dev, "Deployment")) == {"autolabel-worker", "autolabel-flower", "autolabel-minio"}
+    assert set(by_kind(gpu, "Deployment")) == {"autolabel-worker", "autolabel-flower", "autolabel-exporter"}
+    assert set(by_kind(dev, "Deployment")) == {"autolabel-worker", "autolabel-flower", "autolabel-exporter",
+                                               "autolabel-minio"}
 
 
 def test_strict_validation_is_live(gpu: list[dict[str, Any]]) -> None:
@@ -262,6 +274,42 @@ def test_two_models_run_on_their_own_queues(tmp_path: Path) -> None:
     assert models == {"autolabel-worker": "co-dino-5scale-swin-l", "autolabel-worker-shapes": "shapes-rtmdet-tiny"}
     assert len({queue_for(model) for model in models.values()}) == 2
     assert {"autolabel-worker", "autolabel-worker-shapes"} <= set(by_kind(docs, "PodDisruptionBudget"))
+
+
+def test_the_monitors_find_every_worker_the_exporter_and_flower(tmp_path: Path) -> None:
+    docs = with_components(tmp_path, "k3s-gpu", ["monitoring", "two-models"])
+    (pod_monitor,) = by_kind(docs, "PodMonitor").values()
+    workers = [d for name, d in by_kind(docs, "Deployment").items() if name.startswith("autolabel-worker")]
+    assert len(workers) == 2
+    for worker in workers:
+        labels = worker["spec"]["template"]["metadata"]["labels"]
+        assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+        assert ports[endpoint["port"]] == int(option(container["args"], "--health-port", worker_default("health_port")))
+    services = by_kind(docs, "Service")
+    for monitor in by_kind(docs, "ServiceMonitor").values():
+        (service,) = [s for s in services.values()
+                      if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    # The exporter listens where its Service and the scrape config look: the setting's default.
+    (exporter,) = by_kind(docs, "Deployment")["autolabel-exporter"]["spec"]["template"]["spec"]["containers"]
+    assert exporter["args"] == ["exporter"] and exporter["ports"][0]["containerPort"] == \
+        Settings.model_fields["exporter_port"].default == services["autolabel-exporter"]["spec"]["ports"][0]["port"]
+    scrape = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in scrape}
+    assert targets == {"autolabel-worker": f"worker:{worker_default('health_port')}",
+                       "autolabel-exporter": f"exporter:{Settings.model_fields['exporter_port'].default}",
+                       "flower": f"flower:{services['autolabel-flower']['spec']['ports'][0]['port']}"}
+
+
+def test_prometheus_operator_validation_is_live() -> None:
+    with pytest.raises(AssertionError, match="Prometheus Operator's schema does not know"):
+        validate_prometheus_operator({"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+                                      "metadata": {"name": "x"},
+                                      "spec": {"selector": {}, "podMetricsEndpoint": [{"port": "health"}]}})
 
 
 def test_external_redis_drops_the_statefulset(tmp_path: Path) -> None:
