@@ -31,7 +31,7 @@ import redis as redis_lib
 import yaml
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
-from workerpool import MODEL, WORKER_ENV, Pool, job_frames, small_canvas_configs, tally, upload_frames, \
+from workerpool import MODEL, THREADS, Pool, job_frames, small_canvas_configs, tally, upload_frames, \
     versioned_stack, wait_for_progress
 
 from autolabel.celery_app import make_celery
@@ -168,3 +168,276 @@ def test_frame_tasks_tell_their_job_and_frames_in_every_send(redis_only: Service
                    for name in priority_lists(queue_for("m9")) for raw in client.lrange(name, 0, -1))
     assert shown == ["job=flower-job frames=1 (00006)", "job=flower-job frames=3 (00000..00002)",
                      "job=flower-job frames=3 (00003..00005)", "job=retried-job frames=2 (00000..00001)"]
+
+
+# --- the operations files ------------------------------------------------------------------------
+
+DASHBOARD = OPS / "grafana" / "autolabel-dashboard.json"
+ALERTS = OPS / "prometheus" / "alerts.yml"
+# Series Prometheus itself makes; every other name in the files must be documented.
+PROMETHEUS_SERIES = {"up"}
+
+
+def documented_metrics() -> dict[str, str]:
+    """Metric name -> type, from docs/operations.md's tables (the list operators read)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    return dict(re.findall(r"^\| `(autolabel_\w+)` \| (counter|gauge|histogram) \|", text, re.M))
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def alert_exprs() -> list[str]:
+    return [rule["expr"] for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def named_metrics(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers outside strings that are not functions,
+    keywords, label names or durations."""
+    code = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values and regexes out
+    code = re.sub(r"\{[^}]*\}", "", code)  # label matchers out
+    code = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", code)
+    return set(re.findall(r"\b(?:autolabel_\w+|up)\b(?!\s*\()", code))
+
+
+def base_name(name: str, documented: dict[str, str]) -> str:
+    for suffix in HISTOGRAM_SUFFIXES:
+        if name.endswith(suffix) and documented.get(name.removesuffix(suffix)) == "histogram":
+            return name.removesuffix(suffix)
+    return name
+
+
+def test_every_panel_and_alert_names_documented_metrics_only() -> None:
+    documented = documented_metrics()
+    assert len(documented) >= 25, "docs/operations.md's metric tables were not found"
+    for expr in dashboard_exprs() + alert_exprs():
+        names = named_metrics(expr)
+        assert names, f"no metric found in {expr!r}"
+        unknown = {base_name(name, documented) for name in names} - set(documented) - PROMETHEUS_SERIES
+        assert not unknown, f"{expr!r} names {sorted(unknown)}, which docs/operations.md does not document"
+        histograms = {name for name in names if documented.get(name) == "histogram"}
+        assert not histograms, f"{expr!r} names histograms {sorted(histograms)} without _bucket, _sum or _count"
+
+
+def test_the_name_check_is_live() -> None:
+    documented = documented_metrics()
+    assert {base_name(n, documented) for n in named_metrics(
+        'sum by (model) (rate(autolabel_frames_labelled_total{model="a"}[5m]))')} == {"autolabel_frames_labelled_total"}
+    assert named_metrics('histogram_quantile(0.9, sum by (le) (rate(autolabel_forward_seconds_bucket[1m])))') == \
+        {"autolabel_forward_seconds_bucket"}
+
+
+def test_the_dashboard_covers_the_issues_panels() -> None:
+    exprs = " ".join(dashboard_exprs())
+    for needed in ("autolabel_frames_labeled_total", "autolabel_batch_frames_bucket", "autolabel_queue_length",
+                   "autolabel_forward_seconds_bucket", "autolabel_device_memory_peak_reserved_bytes",
+                   "autolabel_device_busy_seconds_total", "autolabel_frames_failed_total"):
+        assert needed in exprs, f"no panel shows {needed}"
+
+
+def test_promtool_checks_the_scrape_config_the_rules_and_the_dashboards_queries(tmp_path: Path) -> None:
+    promtool = tool("promtool")
+    for argv in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
+                 ["test", "rules", "alerts.test.yml"]):
+        done = subprocess.run([promtool, *argv], cwd=OPS / "prometheus", capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"promtool {' '.join(argv)}:\n{done.stdout}{done.stderr}"
+    # The dashboard's queries parse as PromQL: each as a recording rule, Grafana's interval variable
+    # replaced by a duration.
+    rules = [{"record": f"dashboard:query{i}", "expr": expr.replace("$__rate_interval", "1m")}
+             for i, expr in enumerate(dashboard_exprs())]
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = subprocess.run([promtool, "check", "rules", str(tmp_path / "dashboard.yml")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_is_live(tmp_path: Path) -> None:
+    broken = ALERTS.read_text().replace("increase(autolabel_dead_letters_total[1h])",
+                                        "increase(autolabel_dead_letters_total[1h]")
+    (tmp_path / "alerts.yml").write_text(broken)
+    done = subprocess.run([tool("promtool"), "check", "rules", str(tmp_path / "alerts.yml")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0 and "AutolabelDeadLetters" in done.stdout + done.stderr
+
+
+# --- a real Prometheus during a real job ---------------------------------------------------------
+
+PROCESSES = 2
+FLOWER_AUTH = "operator:metrics-test"
+
+
+class Prometheus:
+    """Debian's prometheus on loopback with the repository's scrape config, its targets replaced."""
+
+    def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
+        config = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())
+        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+        jobs = {scrape["job_name"]: scrape for scrape in config["scrape_configs"]}
+        assert set(jobs) == set(targets), f"the scrape config's jobs are {sorted(jobs)}"
+        for name, port in targets.items():
+            jobs[name]["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+        shutil.copy(OPS / "prometheus" / "alerts.yml", workdir / "alerts.yml")
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.service = Service("prometheus", [
+            tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}"], self.port, workdir / "prometheus.log")
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            answer = json.load(response)
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        return self.api("query", query=expr, **({"time": f"{at:.3f}"} if at is not None else {}))["result"]
+
+    def value(self, expr: str, at: float | None = None) -> float:
+        (result,) = self.query(expr, at) or [{"value": [0, "nan"]}]
+        return float(result["value"][1])
+
+    def settles_at(self, expr: str, expected: float, timeout: float = 20) -> float:
+        """Waits until ``expr`` is ``expected`` (Prometheus scraped the latest values); returns it, or
+        fails with the value it kept."""
+        seen: list[float] = []
+
+        def equal() -> bool:
+            seen.append(self.value(expr))
+            return abs(seen[-1] - expected) < 1e-6
+
+        try:
+            wait_until(equal, f"{expr} == {expected}", timeout)
+        except TimeoutError:
+            raise AssertionError(f"Prometheus: {expr} is {seen[-1] if seen else 'absent'}, not {expected}") from None
+        return seen[-1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    with versioned_stack(tmp_path_factory.mktemp("metrics-services")) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def observed(stack: DevStack, repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pool, Prometheus]]:
+    """A worker pool, the exporter and Flower on the stack, and Prometheus scraping the three."""
+    workdir = tmp_path_factory.mktemp("observed")
+    configs = small_canvas_configs(repo_root, tmp_path_factory.mktemp("configs"))
+    with Pool(stack, configs, workdir / "pool.log", processes=PROCESSES) as pool:
+        exporter = start_exporter(stack.subprocess_env(), workdir / "exporter.log")
+        flower_port = free_port()
+        flower = Service("flower", [str(BIN / "celery"), "--broker", stack.env()["AUTOLABEL_BROKER_URL"], "flower",
+                                    "--address=127.0.0.1", f"--port={flower_port}"], flower_port, workdir / "flower.log")
+        flower.start(stack.subprocess_env(FLOWER_BASIC_AUTH=FLOWER_AUTH))
+        prometheus = Prometheus(workdir, {"autolabel-worker": pool.port, "autolabel-exporter": exporter.port,
+                                          "flower": flower_port})
+        prometheus.service.start()
+        try:
+            wait_until(lambda: prometheus.value('sum(up{job=~"autolabel-worker|autolabel-exporter|flower"})') == 3,
+                       "Prometheus scraping the pool, the exporter and Flower", 30)
+            yield pool, prometheus
+        finally:
+            for service in (prometheus.service, flower, exporter):
+                service.stop()
+
+
+def slot_of(pool: Pool, pid: int) -> str:
+    """The process label (slot) of a worker process: its name is autolabel-DEVICE-SLOT@host."""
+    (name,) = [p["name"] for p in pool.status()[1]["processes"] if p["pid"] == pid]
+    return name.split("@")[0].rsplit("-", 1)[1]
+
+
+def launcher_value(pool: Pool, name: str) -> float:
+    return sum(value for _, value in scrape(pool.port).get(name, []))
+
+
+@pytest.mark.e2e
+@pytest.mark.integration
+def test_prometheus_sees_a_real_job_and_a_killed_process(stack: DevStack, observed: tuple[Pool, Prometheus],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    pool, prometheus = observed
+    client = LabelingClient(stack.settings())
+    keys = upload_frames(client.store, "metrics/frames", 12, seed=14)
+    frames_total, passes_total = "sum(autolabel_frames_labeled_total)", "sum(autolabel_forward_seconds_count)"
+    queue = f'autolabel_queue_length{{queue="{queue_for(MODEL)}"}}'
+    # Passes before the job (none, unless the warm-up counts as one): counted from here.
+    passes_before = launcher_value(pool, "autolabel_forward_seconds_count")
+    if passes_before:
+        prometheus.settles_at(passes_total, passes_before)
+
+    # A job of 24 frames, 2 a task: 12 messages for 2 processes of 4 threads, so some wait in the queue.
+    frames = job_frames(keys, 24)
+    started = time.time()
+    client.submit_frames(frames, job_id="metrics-plain", model=MODEL, batch_size=2)
+    assert client.wait("metrics-plain", timeout=120).state == JobState.DONE
+    counts, summary = tally(client, "metrics-plain", frames)
+    counts.check(passes_again_allowed=False)
+    labeled = prometheus.settles_at(frames_total, counts.labeled)
+    assert labeled == counts.labeled == len(frames)
+    passes = prometheus.settles_at(passes_total, passes_before + summary.timings.forward_passes) - passes_before
+    prometheus.settles_at(queue, 0)
+    prometheus.settles_at('autolabel_jobs{state="done"}', 1)
+    prometheus.settles_at("autolabel_frames_pending", 0)
+    prometheus.settles_at(f'autolabel_workers_alive{{model="{MODEL}"}}', PROCESSES)
+    window = f"{int(time.time() - started) + 2}s"
+    queued_peak = prometheus.value(f"max_over_time({queue}[{window}])")
+
+    # A second job; the busiest process is SIGKILLed in the middle and the launcher restarts it.
+    frames = job_frames(keys, 32)
+    client.submit_frames(frames, job_id="metrics-killed", model=MODEL, batch_size=2)
+    wait_for_progress(client, "metrics-killed", 0.25)
+    victim = pool.kill_busy(signal.SIGKILL, random.Random(14))
+    slot = slot_of(pool, victim)
+    killed_at = time.time()
+    series = f'autolabel_frames_labeled_total{{process="{slot}"}}'
+    assert client.wait("metrics-killed", timeout=180).state == JobState.DONE
+    pool.wait_ready(120)
+    killed_counts, _ = tally(client, "metrics-killed", frames)
+    killed_counts.check(passes_again_allowed=True)
+    # The dead process's frames stay counted and are not counted again by its successor: never more
+    # than coco.json. A result whose write landed in the store while the process was killed before
+    # the store's answer reached it is not counted (its redelivery finds it and counts it skipped):
+    # at most the frames of the tasks the process held (THREADS x 2).
+    total = prometheus.settles_at(frames_total, launcher_value(pool, "autolabel_frames_labeled_total"))
+    labeled_killed = total - counts.labeled
+    skipped = prometheus.value("sum(autolabel_frames_skipped_total)")
+    assert killed_counts.labeled - THREADS * 2 <= labeled_killed <= killed_counts.labeled
+    assert labeled_killed + skipped >= killed_counts.labeled
+    prometheus.settles_at(f'sum(autolabel_child_restarts_total{{process="{slot}"}})', 1)
+    before_kill = prometheus.value(series, at=killed_at - 1.5)
+    after = prometheus.value(series)
+    assert after >= before_kill > 0, f"process {slot}'s counter went from {before_kill} to {after}"
+    assert prometheus.value(f"resets({series}[{int(time.time() - killed_at) + 10}s])") == 0
+    prometheus.settles_at(queue, 0)
+    # Every autolabel_* series Prometheus holds is one docs/operations.md documents.
+    documented = documented_metrics()
+    names = {name for name in prometheus.api("label/__name__/values") if name.startswith("autolabel_")}
+    assert {base_name(name, documented) for name in names} <= set(documented)
+    assert prometheus.value('sum(flower_events_total{type="task-succeeded"})') > 0
+    with capsys.disabled():
+        print(f"\n[metrics] Prometheus {prometheus.port}: {frames_total} = {labeled:.0f} after metrics-plain "
+              f"(coco.json {counts.labeled} frames); passes {passes:.0f} (summary {summary.timings.forward_passes}); "
+              f"queue peak {queued_peak:.0f} -> 0; process {slot} SIGKILLed: its counter {before_kill:.0f} -> "
+              f"{after:.0f}, 0 resets, restarts 1; metrics-killed {labeled_killed:.0f} counted of "
+              f"{killed_counts.labeled} in coco.json, {skipped:.0f} skipped")
+        for result in prometheus.query(f"sum by (process) ({frames_total.removeprefix('sum(').removesuffix(')')})"):
+            print(f"[metrics] autolabel_frames_labeled_total{result['metric']} = {result['value'][1]}")
+
+
+def test_flower_asks_for_its_password_except_on_metrics_and_healthcheck(observed: tuple[Pool, Prometheus]) -> None:
+    pool, prometheus = observed
+    (flower,) = [t for t in prometheus.api("targets")["activeTargets"] if t["labels"]["job"] == "flower"]
+    base = flower["scrapeUrl"].removesuffix("/metrics")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{base}/tasks", timeout=5)
+    assert refused.value.code == 401
+    token = base64.b64encode(FLOWER_AUTH.encode()).decode()
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/tasks", headers={"Authorization": f"Basic {token}"}),
+                                timeout=5) as response:
+        assert response.status == 200
+    for path in ("/metrics", "/healthcheck"):
+        with urllib.request.urlopen(f"{base}{path}", timeout=5) as response:
+            assert response.status == 200
