@@ -9,6 +9,8 @@ docs/results.md.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from autolabel import layout
 from autolabel.client import LabelingClient
 from autolabel.devservices import DevStack
+from autolabel.errors import InvalidInputError
 from autolabel.exports import CocoFile, Summary
 from autolabel.synth import generate_video
 from autolabel_worker.evaluate import carried_boxes
@@ -24,6 +27,7 @@ from autolabel_worker.scoring import ScoredBox, export_boxes, recall
 from workerpool import Pool, small_canvas_configs
 
 pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
 
 FRAMES, STILLS, CUTS = 40, ((4, 14), (26, 32)), (20,)
 # Frames after the first of each still stretch show its picture again.
@@ -52,11 +56,15 @@ def pool(devstack: DevStack, repo_root: Path, tmp_path_factory: pytest.TempPathF
         yield started
 
 
-def _labeled(client: LabelingClient, video: Path, **options: float) -> tuple[str, CocoFile, Summary]:
-    job_id = client.submit_video(video, **options)
+def _exports(client: LabelingClient, job_id: str) -> tuple[CocoFile, Summary]:
     client.wait(job_id, timeout=600)
-    coco = CocoFile.model_validate(client.store.get_json(layout.export_key(job_id, "coco.json")))
-    return job_id, coco, Summary.model_validate(client.store.get_json(layout.export_key(job_id, "summary.json")))
+    return (CocoFile.model_validate(client.store.get_json(layout.export_key(job_id, "coco.json"))),
+            Summary.model_validate(client.store.get_json(layout.export_key(job_id, "summary.json"))))
+
+
+def test_a_cut_threshold_without_selection_is_refused(devstack: DevStack, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="give skip_similar"):
+        LabelingClient(devstack.settings()).submit_video(tmp_path / "any.mp4", cut_threshold=0.3)
 
 
 def test_a_job_with_frame_selection_labels_fewer_frames_and_finds_the_same_objects(
@@ -68,8 +76,16 @@ def test_a_job_with_frame_selection_labels_fewer_frames_and_finds_the_same_objec
     truth = json.loads(truth_path.read_text())
     client = LabelingClient(devstack.settings())
 
-    every_id, every, every_summary = _labeled(client, video)
-    job_id, coco, summary = _labeled(client, video, skip_similar=SKIP_SIMILAR)
+    every_id = client.submit_video(video)
+    every, every_summary = _exports(client, every_id)
+    # Through the CLI, which prints the counts.
+    submitted = subprocess.run([str(BIN / "autolabel"), "submit", str(video), "--skip-similar", str(SKIP_SIMILAR)],
+                               env=devstack.subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr
+    assert (f"frame selection: {FRAMES - len(DROPPED)} of {FRAMES} sampled frames kept ({len(CUTS)} scene cuts), "
+            f"{len(DROPPED)} near-duplicates dropped") in submitted.stderr
+    job_id = submitted.stdout.strip()
+    coco, summary = _exports(client, job_id)
 
     manifest = client.manifest(job_id)
     report = manifest.selection

@@ -66,6 +66,9 @@ class LabelingClient:
         self._check_model(detect.model)
         sampling = validated(Sampling, {k: options[k] for k in ("every_nth", "target_fps", "start_s", "end_s")
                                         if options.get(k) is not None})
+        if options.get("cut_threshold") is not None and options.get("skip_similar") is None:
+            raise InvalidInputError("cut_threshold (--cut-threshold) is a rule of frame selection: give skip_similar "
+                                    "(--skip-similar) with it")
         selection = None if options.get("skip_similar") is None else validated(Selection, {
             k: options[k] for k in ("skip_similar", "cut_threshold") if options.get(k) is not None})
         return validated(JobSpec, {

@@ -1,6 +1,6 @@
 """Accuracy and speed of a detector on a held-out synthetic video: ``python -m autolabel_worker.evaluate``.
 
-``--skip-similar SHARE``: what frame selection saves and loses instead, on a held-out video with
+``--skip-similar SHARE [SHARE ...]``: what frame selection saves and loses instead, on a held-out video with
 still stretches and cuts or on any ``--video`` (with ``--gt``, its COCO ground truth)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -66,6 +66,7 @@ def carried_boxes(manifest: JobManifest, boxes: Iterable[ScoredBox]) -> list[Sco
 class SelectionFigures:
     """Frame selection on one video against labeling every frame (one detector, the job's score threshold)."""
 
+    rule: Selection
     considered: int
     kept: int
     cuts: int
@@ -79,14 +80,13 @@ class SelectionFigures:
         return (self.considered - self.kept) * self.seconds_per_frame
 
 
-def evaluate_selection(detector: Detector, model: str, video: Path, rule: Selection, truth: dict | None = None,
-                       batch_size: int = 4, score_threshold: float = 0.3) -> SelectionFigures:
-    """Label every frame of ``video`` (decoded as the producer decodes it) and select frames with
-    ``rule``; the kept frames' labels are their own (the embedded model's fixed canvas makes results
-    independent of the batch), the dropped frames' those of the kept frame that stands for them."""
+def evaluate_selection(detector: Detector, model: str, video: Path, rules: Sequence[Selection],
+                       truth: dict | None = None, batch_size: int = 4,
+                       score_threshold: float = 0.3) -> list[SelectionFigures]:
+    """Label every frame of ``video`` once (decoded as the producer decodes it), then select frames
+    with each rule; the kept frames' labels are their own (the embedded model's fixed canvas makes
+    results independent of the batch), the dropped frames' those of the kept frame standing for them."""
     frames = list(iter_sampled_frames(video, Sampling()))
-    selector = FrameSelector(rule)
-    kept = [frame for frame in frames if selector.consider(frame.index, frame.timestamp, frame.image)]
     boxes: list[ScoredBox] = []
     seconds = 0.0
     for start in range(0, len(frames), batch_size):
@@ -96,20 +96,25 @@ def evaluate_selection(detector: Detector, model: str, video: Path, rule: Select
         seconds += time.perf_counter() - started
         boxes += [ScoredBox(frame.index, d.class_name, d.xywh(), d.score)
                   for frame, detections in zip(batch, outputs) for d in detections]
-    manifest = JobManifest(
-        spec=JobSpec(job_id="evaluate", source=str(video), options=DetectOptions(model=model), selection=rule),
-        selection=selector.report(),
-        frames=tuple(FrameRef(frame_id=layout.video_frame_id(frame.index), index=frame.index,
-                              key=f"frames/{layout.video_frame_id(frame.index)}.jpg") for frame in kept))
-    kept_indices = {frame.index for frame in kept}
-    carried = carried_boxes(manifest, [box for box in boxes if box.frame_index in kept_indices])
-    report = selector.report()
-    return SelectionFigures(
-        considered=report.considered, kept=report.kept, cuts=len(report.cuts),
-        seconds_per_frame=seconds / len(frames),
-        recall_every=recall(truth, boxes) if truth else None,
-        recall_carried=recall(truth, carried) if truth else None,
-        agreement=recall(_as_truth(boxes, [frame.index for frame in frames]), carried))
+    every_frame = _as_truth(boxes, [frame.index for frame in frames])
+    figures = []
+    for rule in rules:
+        selector = FrameSelector(rule)
+        kept = {frame.index for frame in frames if selector.consider(frame.index, frame.timestamp, frame.image)}
+        report = selector.report()
+        manifest = JobManifest(
+            spec=JobSpec(job_id="evaluate", source=str(video), options=DetectOptions(model=model), selection=rule),
+            selection=report,
+            frames=tuple(FrameRef(frame_id=layout.video_frame_id(index), index=index,
+                                  key=f"frames/{layout.video_frame_id(index)}.jpg") for index in sorted(kept)))
+        carried = carried_boxes(manifest, [box for box in boxes if box.frame_index in kept])
+        figures.append(SelectionFigures(
+            rule=rule, considered=report.considered, kept=report.kept, cuts=len(report.cuts),
+            seconds_per_frame=seconds / len(frames),
+            recall_every=recall(truth, boxes) if truth else None,
+            recall_carried=recall(truth, carried) if truth else None,
+            agreement=recall(every_frame, carried)))
+    return figures
 
 
 def _as_truth(boxes: list[ScoredBox], frame_indices: list[int]) -> dict:
@@ -135,7 +140,7 @@ def frames_per_second(detector: Detector, batch_size: int, repeats: int = 3,
 
 
 def _print_selection(detector: Detector, args: argparse.Namespace) -> None:
-    rule = Selection(skip_similar=args.skip_similar, cut_threshold=args.cut_threshold)
+    rules = [Selection(skip_similar=share, cut_threshold=args.cut_threshold) for share in args.skip_similar]
     with tempfile.TemporaryDirectory() as tmp:
         video, truth = args.video, args.gt
         if video is None:
@@ -145,15 +150,16 @@ def _print_selection(detector: Detector, args: argparse.Namespace) -> None:
             generate_video(video, truth, width=1280, height=720, fps=10, seconds=args.seconds, seed=args.seed,
                            stills=((count // 10, 3 * count // 10), (6 * count // 10, 7 * count // 10)),
                            cuts=(count // 2, 8 * count // 10))
-        figures = evaluate_selection(detector, args.model, video, rule,
-                                     json.loads(truth.read_text()) if truth else None)
+        all_figures = evaluate_selection(detector, args.model, video, rules,
+                                         json.loads(truth.read_text()) if truth else None)
     print(f"{video.name if args.video else f'held-out seed {args.seed} with stills and cuts'}: "
-          f"{figures.kept} of {figures.considered} frames kept ({figures.cuts} cuts) with skip_similar "
-          f"{rule.skip_similar}; {figures.seconds_per_frame:.3f} s a frame, {figures.seconds_saved:.1f} s saved")
-    if figures.recall_every is not None:
-        print(f"recall@0.5 of the ground truth: every frame {figures.recall_every:.3f}, "
-              f"kept frames carried {figures.recall_carried:.3f}")
-    print(f"every-frame labels found by the carried ones: {figures.agreement:.3f}")
+          f"{all_figures[0].seconds_per_frame:.3f} s a frame labeling every frame"
+          + (f", recall@0.5 {all_figures[0].recall_every:.3f}" if truth else ""))
+    for figures in all_figures:
+        print(f"skip_similar {figures.rule.skip_similar}: {figures.kept} of {figures.considered} frames kept "
+              f"({figures.cuts} cuts), {figures.seconds_saved:.1f} s saved; "
+              + (f"recall@0.5 kept + carried {figures.recall_carried:.3f}; " if truth else "")
+              + f"every-frame labels the carried ones find: {figures.agreement:.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="shapes-rtmdet-tiny", help="config name in configs/ with weights in weights/")
     parser.add_argument("--seed", type=int, default=424242, help="seed of the held-out video")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of the held-out 10 fps video")
-    parser.add_argument("--skip-similar", type=float, help="measure frame selection with this threshold instead")
+    parser.add_argument("--skip-similar", type=float, nargs="+",
+                        help="measure frame selection with these thresholds instead (every frame labeled once)")
     parser.add_argument("--cut-threshold", type=float, default=0.1, help="frame selection's cut threshold")
     parser.add_argument("--video", type=Path, help="with --skip-similar: this video, not a generated one")
     parser.add_argument("--gt", type=Path, help="--video's COCO ground truth (images with frame_index)")
