@@ -126,8 +126,8 @@ def test_metrics_count_a_job(pool: Pool, client: LabelingClient, keys: list[str]
     assert 'process="0"' in text and 'process="1"' in text and 'device="cpu"' in text
 
 
-def test_a_killed_childs_counts_neither_vanish_nor_double(pool: Pool, client: LabelingClient,
-                                                          keys: list[str]) -> None:
+def test_a_killed_childs_counts_neither_vanish_nor_double(pool: Pool, client: LabelingClient, keys: list[str],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     _, before = scrape(pool)
     frames = job_frames(keys, 2 * FRAMES)
     job_id = client.submit_frames(frames, job_id="metrics-kill", model=MODEL, batch_size=4)
@@ -138,10 +138,18 @@ def test_a_killed_childs_counts_neither_vanish_nor_double(pool: Pool, client: La
     counts, _ = tally(client, job_id, frames)
     counts.check(passes_again_allowed=True)
     _, after = scrape(pool)
+    with capsys.disabled():
+        labeled = before["autolabel_frames_labeled_total"], after["autolabel_frames_labeled_total"]
+        print(f"\n[metrics] SIGKILL of pid {victim}: frames_labeled_total {labeled[0]:.0f} -> {labeled[1]:.0f}, "
+              f"result writes in the bucket {result_writes(client)}, this job {counts.labeled} labeled / "
+              f"{counts.duplicated_passes} passed again, restarts {after['autolabel_child_restarts_total']:.0f}, "
+              f"deliveries lost {after['autolabel_deliveries_lost_total']:.0f}")
     # The dead process's counts stay (its file is kept) and are not counted again by its successor.
     assert after["autolabel_frames_labeled_total"] == result_writes(client)
     assert after["autolabel_frames_labeled_total"] >= before["autolabel_frames_labeled_total"] + counts.labeled
     assert after["autolabel_child_restarts_total"] == 1
+    # Its messages came back through the workers' sweep (the 20 s visibility timeout is later than the job's end).
+    assert after["autolabel_deliveries_lost_total"] >= 1
     assert after["autolabel_model_info"] == 2  # the dead process's live gauges went with it
 
 
