@@ -100,6 +100,8 @@ def test_a_job_with_frame_selection_labels_fewer_frames_and_finds_the_same_objec
     assert kept == [index for index in range(FRAMES) if index not in DROPPED]
     assert len(client.store.list_keys(layout.job_prefix(job_id) + "frames/")) == report.kept
     assert [image.frame_index for image in coco.images] == kept
+    studio = client.store.get_json(layout.export_key(job_id, "labelstudio.json"))
+    assert [task["data"]["frame_index"] for task in studio] == kept
     assert (summary.total_frames, summary.labeled_frames, every_summary.labeled_frames) == (report.kept, report.kept,
                                                                                             FRAMES)
 
