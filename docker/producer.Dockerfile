@@ -12,9 +12,15 @@ FROM ${PYTHON_IMAGE} AS build
 # OFFLINE=1: every wheel from docker/wheels/ (scripts/docker-wheels.sh), no index (CI).
 ARG OFFLINE=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+# binutils: `strip` for docker/slim-env.sh.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends binutils \
+    && rm -rf /var/lib/apt/lists/*
 COPY docker/wheels/ /wheels/
 COPY requirements/lock.txt /src/requirements/lock.txt
 COPY producer/ /src/producer/
+COPY docker/slim-env.sh /src/docker/slim-env.sh
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Versions come from the lock (-c).
 # hadolint ignore=DL3013
@@ -22,9 +28,8 @@ RUN python -m venv /opt/autolabel \
     && /opt/autolabel/bin/pip install --no-cache-dir --find-links /wheels ${OFFLINE:+--no-index} \
         -c /src/requirements/lock.txt "/src/producer[flower]" \
     && /opt/autolabel/bin/pip uninstall -y pip setuptools wheel \
-    && site=/opt/autolabel/lib/python3.11/site-packages \
-    && rm -rf "$site"/*/tests \
-    && /opt/autolabel/bin/python -c "import autolabel.cli, autolabel.client, flower" \
+    && /src/docker/slim-env.sh /opt/autolabel \
+    && /opt/autolabel/bin/python -c "import autolabel.cli, autolabel.client, autolabel.video, flower" \
     && ! /opt/autolabel/bin/python -c "import torch" 2>/dev/null
 COPY configs/ /opt/autolabel/configs/
 
@@ -42,7 +47,8 @@ COPY --from=build /opt/autolabel /opt/autolabel
 ENV PATH=/opt/autolabel/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    AUTOLABEL_CONFIGS_DIR=/opt/autolabel/configs
+    AUTOLABEL_CONFIGS_DIR=/opt/autolabel/configs \
+    FLOWER_TASKS_COLUMNS=name,state,kwargs,received,runtime,worker
 USER 10001
 WORKDIR /home/autolabel
 ENTRYPOINT ["autolabel"]

@@ -34,9 +34,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from workerpool import MODEL, THREADS, Pool, job_frames, small_canvas_configs, tally, upload_frames, \
     versioned_stack, wait_for_progress
 
-from autolabel.celery_app import make_celery
+from autolabel.celery_app import FLOWER_TASKS_COLUMNS, make_celery
 from autolabel.client import LabelingClient
-from autolabel.contract import DEFAULT_QUEUE, TASK_DETECT, DetectOptions, DetectTask, FrameRef, JobSpec, queue_for
+from autolabel.contract import (
+    DEFAULT_QUEUE,
+    TASK_DETECT,
+    TASK_SUBMIT,
+    DetectOptions,
+    DetectTask,
+    FrameRef,
+    JobSpec,
+    SubmitFramesTask,
+    queue_for,
+)
 from autolabel.devservices import DevStack, Service, free_port, redis_service, wait_until
 from autolabel.exporter import priority_lists
 from autolabel.jobs import enqueue_frames
@@ -164,10 +174,14 @@ def test_frame_tasks_tell_their_job_and_frames_in_every_send(redis_only: Service
     assert enqueue_frames(celery, spec, frames) == 3
     # A send that names no repr, as Celery's retry does (it rebuilds the message from the request).
     celery.send_task(TASK_DETECT, kwargs=detect_task("retried-job", "m9", 2), queue=queue_for("m9"))
+    # A whole job for the worker to fan out (SubmitFramesTask: the job id is in its spec).
+    celery.send_task(TASK_SUBMIT, kwargs=SubmitFramesTask(spec=spec, frames=tuple(frames)).model_dump(mode="json"),
+                     queue=queue_for("m9"))
     shown = sorted(json.loads(raw)["headers"]["kwargsrepr"]
                    for name in priority_lists(queue_for("m9")) for raw in client.lrange(name, 0, -1))
     assert shown == ["job=flower-job frames=1 (00006)", "job=flower-job frames=3 (00000..00002)",
-                     "job=flower-job frames=3 (00003..00005)", "job=retried-job frames=2 (00000..00001)"]
+                     "job=flower-job frames=3 (00003..00005)", "job=flower-job frames=7 (00000..00006)",
+                     "job=retried-job frames=2 (00000..00001)"]
 
 
 # --- the operations files ------------------------------------------------------------------------
@@ -441,3 +455,9 @@ def test_flower_asks_for_its_password_except_on_metrics_and_healthcheck(observed
     for path in ("/metrics", "/healthcheck"):
         with urllib.request.urlopen(f"{base}{path}", timeout=5) as response:
             assert response.status == 200
+
+
+def test_the_producer_image_shows_flowers_arguments_column() -> None:
+    dockerfile = (ROOT / "docker" / "producer.Dockerfile").read_text()
+    assert f"FLOWER_TASKS_COLUMNS={FLOWER_TASKS_COLUMNS}" in dockerfile
+    assert "kwargs" in FLOWER_TASKS_COLUMNS.split(",")

@@ -61,14 +61,21 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+# Flower's tasks page with the arguments column (frames_repr: the job and its frames) beside the
+# state and the runtime. The producer image sets it as FLOWER_TASKS_COLUMNS; the demo passes it.
+FLOWER_TASKS_COLUMNS = "name,state,kwargs,received,runtime,worker"
+
+
 def frames_repr(kwargs: Mapping[str, Any]) -> str:
     """A frame task's arguments as Flower and the worker's log show them: its job and its frames,
     ``job=ID frames=16 (00000..00015)``. Celery's default, the payload's repr cut at 1 KB, shows
     frame keys and options and can cut the job id off."""
+    spec = kwargs.get("spec")  # a submit task's job id is in its spec
+    job_id = kwargs.get("job_id") or (spec.get("job_id") if isinstance(spec, Mapping) else None)
     frames = [frame for frame in kwargs.get("frames") or () if isinstance(frame, Mapping)]
     ids = [str(frame.get("frame_id")) for frame in frames]
     span = f" ({ids[0]}..{ids[-1]})" if len(ids) > 1 else f" ({ids[0]})" if ids else ""
-    return f"job={kwargs.get('job_id')} frames={len(frames)}{span}"
+    return f"job={job_id} frames={len(frames)}{span}"
 
 
 @before_task_publish.connect

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+from autolabel.celery_app import FLOWER_TASKS_COLUMNS
 from autolabel.devservices import DevStack, Service, free_port
 from autolabel.exports import CocoFile
 from autolabel.synth import generate_video
@@ -53,7 +54,8 @@ def run(workdir: Path, output: Path) -> float:
     worker = Service("worker", [str(bin_dir / "autolabel"), "worker", "--health-port", str(health_port)],
                      health_port, workdir / "worker.log")
     flower = Service("flower", [str(bin_dir / "celery"), "--broker", env["AUTOLABEL_BROKER_URL"], "flower",
-                                "--address=127.0.0.1", f"--port={flower_port}"], flower_port, workdir / "flower.log")
+                                "--address=127.0.0.1", f"--port={flower_port}", f"--tasks_columns={FLOWER_TASKS_COLUMNS}"],
+                     flower_port, workdir / "flower.log")
     job_dir = output / "failed-before-submit"
     try:
         print("demo: starting redis-server and the S3 server on loopback", flush=True)
