@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from autolabel.celery_app import make_celery
+from autolabel.celery_app import frames_repr, make_celery
 from autolabel.errors import SettingsError
 from autolabel.logs import JsonFormatter, RedactingFormatter, redact, relay_lines, secrets_of
 from autolabel.settings import MASK, Settings, get_settings
@@ -73,6 +73,11 @@ def test_a_line_inside_a_task_carries_its_job_task_and_frames() -> None:
     assert lines == [{**lines[0], "task_id": "task-7", "task": "test.logs", "job_id": "job-7", "frames": 3}]
     outside = json.loads(formatter.format(record("Task %(name)s[%(id)s] received", {"id": "t-9", "name": "x"})))
     assert outside["task_id"] == "t-9" and "job_id" not in outside
+    # Celery's own line about a frame task, before it runs: the job and frames from its kwargsrepr.
+    kwargs = {"job_id": "job-8", "frames": [{"frame_id": "00001"}, {"frame_id": "00002"}]}
+    received = json.loads(formatter.format(record("Task %(name)s[%(id)s] received", {
+        "id": "t-8", "name": "autolabel.detect_frames", "kwargs": frames_repr(kwargs)})))
+    assert (received["task_id"], received["job_id"], received["frames"]) == ("t-8", "job-8", 2)
 
 
 def test_an_unknown_log_format_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -171,3 +171,5 @@ def test_json_logs(pool: Pool, client: LabelingClient, keys: list[str]) -> None:
     detect = [line for line in task_lines if line.get("job_id") == job_id and "frames" in line]
     assert detect and all(line["model"] == MODEL and line["device"] == "cpu" for line in detect)
     assert {line["frames"] for line in detect} == {4}
+    # Celery's "received" line, before the task runs, names its job too (from the task's kwargsrepr).
+    assert any(line["logger"] == "celery.worker.strategy" for line in detect)

@@ -3,7 +3,8 @@ chosen by AUTOLABEL_LOG_FORMAT; secrets are masked in both.
 
 A JSON line carries the time, level, logger and message, and where known the process's model and
 device, and the Celery task it comes from: its id, name, job_id and frame count. Celery's own
-lines about a task (received, succeeded, retried) carry the task's id from their arguments.
+lines about a task (received, succeeded, retried) carry the task's id (and a frame task's job
+and frames) from their arguments.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 # index) and the child's slot on it; its log lines and metrics carry both.
 POOL_DEVICE_ENV = "AUTOLABEL_POOL_DEVICE"
 POOL_SLOT_ENV = "AUTOLABEL_POOL_SLOT"
+# A frame task's kwargsrepr (autolabel.celery_app.frames_repr), which Celery's "received" line carries.
+_FRAMES_REPR = re.compile(r"^job=(?P<job_id>\S+) frames=(?P<frames>\d+)")
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -49,7 +52,8 @@ def redact(text: str, secrets: list[str]) -> str:
 
 def task_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The Celery task a line is about: the one running on this thread, or, for Celery's own
-    lines about a task (received, succeeded), the id in their arguments."""
+    lines about a task (received, succeeded), the id in their arguments, and a frame task's job and
+    frames from its kwargsrepr."""
     fields: dict[str, Any] = {}
     try:
         from celery._state import get_current_task
@@ -65,6 +69,8 @@ def task_fields(record: logging.LogRecord) -> dict[str, Any]:
             fields["frames"] = len(kwargs["frames"])
     elif isinstance(record.args, Mapping) and "id" in record.args:
         fields.update(task_id=record.args["id"], task=record.args.get("name"))
+        if described := _FRAMES_REPR.match(str(record.args.get("kwargs") or "")):
+            fields.update(job_id=described["job_id"], frames=int(described["frames"]))
     return fields
 
 
