@@ -105,7 +105,9 @@ class TrackingSummary(BaseModel):
 
     tracker: str = Field(description="library, version and algorithm that linked the detections")
     parameters: dict[str, float] = Field(description="the tracker's settings")
-    tracks: int = Field(description="tracks made; every detection is on one")
+    tracks: int = Field(description="tracks made")
+    untracked: int = Field(description="detections on no track (track_id null): low-score boxes that continue no "
+                           "track, boxes whose track never got a second box; in COCO, not in the track exports")
     seconds: float = Field(description="wall time of the linking, on CPU in finalize; no device time")
 
 

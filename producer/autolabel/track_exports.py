@@ -55,7 +55,7 @@ class TrackedFrames:
 
 
 def tracked_frames(manifest: JobManifest, results: Sequence[FrameResult]) -> TrackedFrames:
-    """Group the detections by ``track_id``; a detection without one is refused (the job was not tracked)."""
+    """Group the detections on a track by ``track_id``."""
     ordered = in_frame_order(manifest, results)
     if ordered and all(result.frame_index is not None for result in ordered):
         frames = tuple(result.frame_index for result in ordered if result.frame_index is not None)
@@ -66,9 +66,8 @@ def tracked_frames(manifest: JobManifest, results: Sequence[FrameResult]) -> Tra
     boxes: dict[int, list[TrackBox]] = {}
     for position, (frame, result) in enumerate(zip(frames, ordered)):
         for det in result.detections:
-            if det.track_id is None:
-                raise ValueError(f"frame {result.frame_id} has a detection without a track_id: the job was not tracked")
-            boxes.setdefault(det.track_id, []).append(TrackBox(position, frame, det))
+            if det.track_id is not None:  # a box on no track is in COCO only
+                boxes.setdefault(det.track_id, []).append(TrackBox(position, frame, det))
     tracks = tuple(Track(track_id, found[0].detection.class_name, tuple(found))
                    for track_id, found in sorted(boxes.items()))
     return TrackedFrames(tuple(ordered), frames, tracks, size)
@@ -205,11 +204,12 @@ def build_labelstudio_video(manifest: JobManifest, results: Sequence[FrameResult
 
 def build_mot(manifest: JobManifest, results: Sequence[FrameResult]) -> str:
     """MOTChallenge text: ``frame,id,bb_left,bb_top,bb_width,bb_height,conf,-1,-1,-1`` per box,
-    frames 1-based, sorted by frame then id."""
+    sorted by frame then id. Frames and pixel coordinates are 1-based (MOTChallenge's MATLAB
+    convention: the top-left pixel is 1,1; motmetrics' reader subtracts 1 from bb_left and bb_top)."""
     tracked = tracked_frames(manifest, results)
     rows = sorted((box.frame + 1, track.track_id, box.detection) for track in tracked.tracks for box in track.boxes)
     lines = []
     for frame, track_id, det in rows:
         x, y, w, h = det.xywh()
-        lines.append(f"{frame},{track_id},{x:.2f},{y:.2f},{w:.2f},{h:.2f},{det.score:.4f},-1,-1,-1")
+        lines.append(f"{frame},{track_id},{x + 1:.2f},{y + 1:.2f},{w:.2f},{h:.2f},{det.score:.4f},-1,-1,-1")
     return "".join(line + "\n" for line in lines)

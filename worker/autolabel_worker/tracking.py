@@ -1,15 +1,18 @@
 """Links a job's detections across its frames into tracks, on CPU, when the job is finalized.
 
-The linking is ByteTrack as implemented by Roboflow's ``trackers`` package (``ByteTrackTracker``;
-why that library: docs/results.md). One tracker runs per class, so a track keeps one label (CVAT
-and Label Studio tracks have one) and two crossing objects of different classes never swap ids.
+The linking is OC-SORT as implemented by Roboflow's ``trackers`` package (``OCSORTTracker``; why
+that library and that algorithm rather than its ByteTrack: docs/results.md). One tracker runs per
+class, so a track keeps one label (CVAT and Label Studio tracks have one) and two crossing objects
+of different classes never swap ids.
 The tracker steps once per labeled frame, whatever the time between them: frames dropped as
 near-duplicates stood still, and sampled frames are evenly spaced.
 
-Two things ByteTrack does not do and a labeling export needs: it gives a new track its id only
-from the track's second box, and a box it does not take into a track (a lone low-score box) gets
-none. The first box is given its track's id once the track has one (the tracklet starts at exactly
-that box); every box still without an id gets a track of its own, so each detection has a track_id.
+The tracker gives a new track its id only from the track's second box; a labeling export needs the
+first one too, so it is given its track's id once the track has one (the tracklet starts at exactly
+that box). A box the tracker puts on no track (a box below HIGH_SCORE, which OC-SORT never
+associates, a box whose track never got a second one) keeps ``track_id`` null: it stays in the
+frame's results and in COCO, and is left out of the track exports; such boxes are mostly false
+detections (docs/results.md).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from importlib.metadata import version
 
 import numpy as np
 import supervision as sv
-from trackers import ByteTrackTracker
+from trackers import OCSORTTracker
 
 from autolabel.contract import FrameResult
 from autolabel.exports import TrackingSummary
@@ -28,19 +31,18 @@ from autolabel.exports import TrackingSummary
 # A lost track is kept this many labeled frames for its object to come back (an occlusion at a
 # crossing); a longer wait lets a track that left the frame take over an object entering nearby.
 LOST_FRAMES = 10
-# Boxes at or above this score are matched first and may start tracks; lower ones only continue
-# tracks (ByteTrack's second association). The job's score threshold has removed lower ones already.
+# Boxes at or above this score are associated and may start tracks; lower ones (down to the job's
+# score threshold, 0.3 by default) stay on no track.
 HIGH_SCORE = 0.5
 MIN_IOU = 0.1  # of a track's predicted box and a box, to link them
 
 PARAMETERS = {"lost_frames": LOST_FRAMES, "high_score": HIGH_SCORE, "min_iou": MIN_IOU}
 
 
-def _tracker() -> ByteTrackTracker:
+def _tracker() -> OCSORTTracker:
     # frame_rate 30 makes lost_track_buffer a count of steps: one step per labeled frame.
-    return ByteTrackTracker(lost_track_buffer=LOST_FRAMES, frame_rate=30.0, track_activation_threshold=HIGH_SCORE,
-                            minimum_consecutive_frames=1, minimum_iou_threshold=MIN_IOU,
-                            high_conf_det_threshold=HIGH_SCORE)
+    return OCSORTTracker(lost_track_buffer=LOST_FRAMES, frame_rate=30.0, minimum_consecutive_frames=1,
+                         minimum_iou_threshold=MIN_IOU, high_conf_det_threshold=HIGH_SCORE)
 
 
 def link_tracks(results: Sequence[FrameResult]) -> tuple[list[FrameResult], TrackingSummary]:
@@ -49,7 +51,7 @@ def link_tracks(results: Sequence[FrameResult]) -> tuple[list[FrameResult], Trac
     started = time.perf_counter()
     # (position of the frame, index of the detection in it) -> (class id, the tracker's id)
     assigned: dict[tuple[int, int], tuple[int, int]] = {}
-    trackers: dict[int, ByteTrackTracker] = {}
+    trackers: dict[int, OCSORTTracker] = {}
     firsts: dict[int, dict[int, tuple[object, tuple[int, int]]]] = {}  # class -> id(tracklet) -> (it, first box)
     for position, result in enumerate(results):
         by_class: dict[int, list[int]] = {}
@@ -71,7 +73,7 @@ def link_tracks(results: Sequence[FrameResult]) -> tuple[list[FrameResult], Trac
                     continue
                 for tracklet in tracker.tracks:
                     if id(tracklet) not in known and id(tracklet) not in spawned and np.allclose(
-                            tracklet.get_state_bbox(), box):
+                            tracklet.get_state_bbox(), box, rtol=0, atol=0.01):
                         spawned[id(tracklet)] = (tracklet, (position, int(index)))
                         break
             for tracklet in tracker.tracks:
@@ -83,19 +85,16 @@ def link_tracks(results: Sequence[FrameResult]) -> tuple[list[FrameResult], Trac
             for key in [key for key in spawned if key not in alive]:
                 del spawned[key]  # a tracklet dropped before it got an id: its first box stands alone
     global_ids: dict[tuple[int, int], int] = {}
-    tracks = 0
     linked = []
     for position, result in enumerate(results):
         detections = []
         for index, det in enumerate(result.detections):
             key = assigned.get((position, index))
-            if key is None or key not in global_ids:
-                tracks += 1
-                if key is not None:
-                    global_ids[key] = tracks
-            detections.append(det.model_copy(update={"track_id": tracks if key is None else global_ids[key]}))
+            track_id = None if key is None else global_ids.setdefault(key, len(global_ids) + 1)
+            detections.append(det.model_copy(update={"track_id": track_id}))
         linked.append(result.model_copy(update={"detections": tuple(detections)}))
-    summary = TrackingSummary(tracker=f"trackers {version('trackers')} ByteTrackTracker, one per class",
-                              parameters={k: float(v) for k, v in PARAMETERS.items()}, tracks=tracks,
+    summary = TrackingSummary(tracker=f"trackers {version('trackers')} OCSORTTracker, one per class",
+                              parameters={k: float(v) for k, v in PARAMETERS.items()}, tracks=len(global_ids),
+                              untracked=sum(1 for r in linked for d in r.detections if d.track_id is None),
                               seconds=round(time.perf_counter() - started, 3))
     return linked, summary
