@@ -7,6 +7,7 @@ import logging
 import uuid
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +16,7 @@ from autolabel import layout
 from autolabel.contract import DetectOptions, FrameRef, FrameResult, JobManifest, JobSpec
 from autolabel.detections import Detection
 from autolabel.errors import InvalidInputError
-from autolabel.preview import class_colour, render_preview
+from autolabel.preview import class_colour, draw_detections, render_preview, render_video
 from autolabel.storage import ObjectStore
 from autolabel.video import encode_jpeg
 
@@ -98,3 +99,32 @@ def test_frame_ids_and_limit_pick_frames(store: ObjectStore, job: str, tmp_path:
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["00000000.png"]
     with pytest.raises(InvalidInputError, match="has no frames 00000009"):
         render_preview(store, job, tmp_path / "c", frame_ids=["00000000", "00000009"])
+
+
+def test_a_track_id_is_drawn_in_the_tag() -> None:
+    """With tracking the tag reads "class #id score": the same box's tag grows by the id's width."""
+    result = FrameResult(job_id="j", frame_id="f", frame_index=0, timestamp=0.0, width=WIDTH, height=HEIGHT,
+                         model="m", model_version="v1", detections=(CAR,))
+    image = Image.open(io.BytesIO(frame_jpeg()))
+    colour = np.array(class_colour(CAR.class_id))
+    tag_widths = []
+    for detection in (CAR, CAR.model_copy(update={"track_id": 12345})):
+        drawn = np.asarray(draw_detections(image, result.model_copy(update={"detections": (detection,)})))
+        row = drawn[round(CAR.box[1]) - 2]  # the tag's bottom row, text-free
+        tag_widths.append(int((np.abs(row.astype(int) - colour).sum(axis=1) == 0).sum()))
+    assert tag_widths[1] > tag_widths[0] + 20, tag_widths
+
+
+def test_the_video_preview_is_an_mp4_of_the_labeled_frames_with_their_boxes(store: ObjectStore, job: str,
+                                                                             tmp_path: Path) -> None:
+    mp4 = tmp_path / "preview.mp4"
+    assert render_video(store, job, mp4) == 2
+    with av.open(str(mp4)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == 10  # the frames' timestamps are 0.1 s apart
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == 2 and frames[0].shape == (HEIGHT, WIDTH, 3)
+    x1, y1, _, y2 = (round(v) for v in CAR.box)
+    edge = frames[0][(y1 + y2) // 2, x1 - 1:x1 + 2].astype(int)  # the car's left edge, 2 px wide, lossy
+    assert np.abs(edge - np.array(class_colour(CAR.class_id))).sum(axis=1).min() < 90, edge
+    assert render_video(store, job, tmp_path / "one.mp4", limit=1) == 1

@@ -256,12 +256,17 @@ def retry(job_id: str, wait: bool) -> None:
 @click.argument("job_id")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--limit", type=int, default=50, show_default=True, help="At most this many frames.")
-def preview(job_id: str, out_dir: Path, limit: int) -> None:
-    """Render frames with their boxes and class names to PNG files."""
-    from autolabel.preview import render_preview
+@click.option("--video", is_flag=True, help="Also write OUT/JOB_ID.mp4: the frames in order with their boxes.")
+def preview(job_id: str, out_dir: Path, limit: int, video: bool) -> None:
+    """Render frames with their boxes, class names and track ids to PNG files (and an MP4)."""
+    from autolabel.preview import render_preview, render_video
 
-    paths = render_preview(_client().store, job_id, out_dir, limit=limit)
+    store = _client().store
+    paths = render_preview(store, job_id, out_dir, limit=limit)
     click.echo(f"{len(paths)} frames rendered to {out_dir}")
+    if video:
+        mp4 = out_dir / f"{job_id}.mp4"
+        click.echo(f"{render_video(store, job_id, mp4, limit=limit)} frames in {mp4}")
 
 
 

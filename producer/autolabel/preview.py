@@ -1,13 +1,15 @@
-"""``autolabel preview``: a job's frames with their detections drawn, as PNG files to look at."""
+"""``autolabel preview``: a job's frames with their detections drawn, as PNG files or a short MP4 to look at."""
 
 from __future__ import annotations
 
 import colorsys
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
 
+import av
 from PIL import Image, ImageDraw, ImageFont
 
 from autolabel import layout
@@ -28,7 +30,8 @@ def class_colour(class_id: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image: Image.Image, result: FrameResult) -> Image.Image:
-    """An RGB copy of ``image`` with each box in its class colour, labelled "class score" on a tag of that colour."""
+    """An RGB copy of ``image`` with each box in its class colour, labelled "class score" (with tracking
+    "class #track score") on a tag of that colour."""
     canvas = image.convert("RGB")
     draw = ImageDraw.Draw(canvas)
     short_side = min(canvas.size)
@@ -38,7 +41,8 @@ def draw_detections(image: Image.Image, result: FrameResult) -> Image.Image:
         colour = class_colour(detection.class_id)
         x1, y1, x2, y2 = detection.box
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
-        label = f"{detection.class_name} {detection.score:.2f}"
+        track = "" if detection.track_id is None else f" #{detection.track_id}"
+        label = f"{detection.class_name}{track} {detection.score:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
         tag_w, tag_h = right - left + 2 * line, bottom - top + 2 * line
         # Above the box where there is room, else inside its top edge; never off the right side.
@@ -58,12 +62,57 @@ def render_preview(store: ObjectStore, job_id: str, out_dir: Path, *, limit: int
     written yet are skipped, and how many is logged. Returns the written paths.
     """
     manifest = JobManifest.model_validate(store.get_json(layout.manifest_key(job_id)))
-    frames = _chosen_frames(manifest, frame_ids)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    unlabeled = 0
+    for frame, _, drawn in _drawn_frames(store, manifest, _chosen_frames(manifest, frame_ids), limit):
+        path = out_dir / f"{frame.frame_id}.png"
+        drawn.save(path)
+        written.append(path)
+    return written
+
+
+def render_video(store: ObjectStore, job_id: str, out_mp4: Path, *, limit: int | None = None) -> int:
+    """Write ``out_mp4``: the job's labeled frames (at most ``limit``) in order with their boxes, at the
+    rate they were sampled at (from their timestamps; the video's rate without them). H.264 where
+    PyAV's FFmpeg has libx264, else MPEG-4 part 2. Returns the frames written."""
+    manifest = JobManifest.model_validate(store.get_json(layout.manifest_key(job_id)))
+    drawn = _drawn_frames(store, manifest, list(manifest.frames), limit)
+    first = next(drawn, None)
+    if first is None:
+        raise InvalidInputError(f"job {job_id} has no labeled frame to put in a video yet")
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    out_mp4.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with av.open(str(out_mp4), "w") as container:
+        stream = container.add_stream(codec, rate=_frame_rate(manifest))
+        # yuv420p halves the chroma resolution: both sides must be even (an odd side loses a pixel row/column).
+        width, height = first[2].width // 2 * 2, first[2].height // 2 * 2
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _, _, image in (first, *drawn):
+            if image.size != (width, height):
+                image = image.resize((width, height))
+            container.mux(stream.encode(av.VideoFrame.from_image(image)))
+            written += 1
+        container.mux(stream.encode())
+    return written
+
+
+def _frame_rate(manifest: JobManifest) -> Fraction:
+    stamps = [frame.timestamp for frame in manifest.frames if frame.timestamp is not None]
+    if len(stamps) == len(manifest.frames) >= 2 and stamps[-1] > stamps[0]:
+        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    else:
+        rate = manifest.video.fps if manifest.video is not None and manifest.video.fps > 0 else 10.0
+    return Fraction(rate).limit_denominator(1001)
+
+
+def _drawn_frames(store: ObjectStore, manifest: JobManifest, frames: Sequence[FrameRef],
+                  limit: int | None) -> Iterator[tuple[FrameRef, FrameResult, Image.Image]]:
+    """Each labeled frame of ``frames`` (at most ``limit``) with its result and its boxes drawn; frames
+    whose result is not written yet are skipped, and how many is logged."""
+    job_id, count, unlabeled = manifest.spec.job_id, 0, 0
     for frame in frames:
-        if limit is not None and len(written) >= limit:
+        if limit is not None and count >= limit:
             break
         try:
             result = FrameResult.model_validate(store.get_json(layout.detection_key(job_id, frame.frame_id)))
@@ -71,12 +120,11 @@ def render_preview(store: ObjectStore, job_id: str, out_dir: Path, *, limit: int
             unlabeled += 1
             continue
         with Image.open(io.BytesIO(store.get_bytes(frame.key))) as image:
-            path = out_dir / f"{frame.frame_id}.png"
-            draw_detections(image, result).save(path)
-        written.append(path)
+            drawn = draw_detections(image, result)
+        count += 1
+        yield frame, result, drawn
     if unlabeled:
         log.warning("job %s: skipped %d frames that have no detections yet", job_id, unlabeled)
-    return written
 
 
 def _chosen_frames(manifest: JobManifest, frame_ids: Sequence[str] | None) -> list[FrameRef]:
