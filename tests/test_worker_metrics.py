@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import random
 import signal
+import stat
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis as redis_lib
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from workerpool import (
     MODEL,
@@ -34,6 +36,8 @@ from workerpool import (
 from autolabel import layout
 from autolabel.client import LabelingClient
 from autolabel.devservices import DevStack, wait_until
+from autolabel.settings import Settings
+from autolabel_worker.pool import WorkerPool, metrics_registry
 
 pytestmark = [pytest.mark.integration]
 
@@ -86,6 +90,11 @@ def scrape(pool: Pool) -> tuple[str, dict[str, float]]:
     return text, sums
 
 
+def ram_bytes() -> int:
+    with open("/proc/meminfo") as meminfo:
+        return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:"))
+
+
 def result_writes(client: LabelingClient) -> int:
     """Every write of any job's result object: versions in the bucket (a result written twice counts twice)."""
     writes = 0
@@ -122,6 +131,7 @@ def test_metrics_count_a_job(pool: Pool, client: LabelingClient, keys: list[str]
     assert sums["autolabel_model_warmup_seconds"] > 0 and sums["autolabel_model_load_seconds"] > 0
     assert sums["autolabel_model_info"] == 2  # one per process
     assert sums["autolabel_process_resident_bytes"] > 2 * 100 * 2**20
+    assert sums["autolabel_device_memory_total_bytes"] == 2 * ram_bytes()  # on CPU: the machine's RAM, per process
     assert sums["autolabel_child_restarts_total"] == 0
     assert 'process="0"' in text and 'process="1"' in text and 'device="cpu"' in text
 
@@ -173,3 +183,17 @@ def test_json_logs(pool: Pool, client: LabelingClient, keys: list[str]) -> None:
     assert {line["frames"] for line in detect} == {4}
     # Celery's "received" line, before the task runs, names its job too (from the task's kwargsrepr).
     assert any(line["logger"] == "celery.worker.strategy" for line in detect)
+
+
+def test_the_metrics_directory_is_the_pools_own_and_goes_when_it_stops(tmp_path: Path) -> None:
+    pool = WorkerPool(settings=Settings(_env_file=None), devices=["cpu"], procs_per_device=2, queues=["q"],
+                      run_dir=tmp_path)
+    pool.children = [pool.child("cpu", slot) for slot in range(2)]
+    assert {child.env["PROMETHEUS_MULTIPROC_DIR"] for child in pool.children} == {str(pool.metrics_dir)}
+    assert stat.S_IMODE(pool.metrics_dir.stat().st_mode) == 0o700 and not any(pool.metrics_dir.iterdir())
+    pool.children[1].restarts = 2
+    text = generate_latest(metrics_registry(pool)).decode()
+    assert 'autolabel_child_restarts_total{device="cpu",process="1"} 2.0' in text
+    assert 'autolabel_child_restarts_total{device="cpu",process="0"} 0.0' in text
+    pool.stop(1)
+    assert not pool.metrics_dir.exists()
