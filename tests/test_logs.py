@@ -3,6 +3,7 @@ pool's own lines are checked in test_worker_metrics)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -10,7 +11,7 @@ import pytest
 
 from autolabel.celery_app import frames_repr, make_celery
 from autolabel.errors import SettingsError
-from autolabel.logs import JsonFormatter, RedactingFormatter, redact, relay_lines, secrets_of
+from autolabel.logs import JsonFormatter, RedactingFormatter, mask_handlers, redact, relay_lines, secrets_of
 from autolabel.settings import MASK, Settings, get_settings
 
 PASSWORD = "hunter2-Xy9"
@@ -100,3 +101,16 @@ def test_a_childs_output_is_relayed_as_json_lines(capfd: pytest.CaptureFixture[s
     assert len(lines) == 2 and PASSWORD not in lines[1]
     assert wrapped["message"] == f"worker: Warm shutdown, redis://:{MASK}@redis.internal:6379/0"
     assert (wrapped["device"], wrapped["process"], wrapped["logger"]) == ("0", "1", "output")
+
+
+def test_celerys_text_handlers_are_wrapped_to_mask_secrets() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("[%(levelname)s/MainProcess] %(message)s"))  # Celery's layout
+    logger = logging.getLogger("test.celery-text")
+    logger.addHandler(handler)
+    logger.propagate = False
+    mask_handlers(logger, settings())
+    mask_handlers(logger, settings())  # Celery sets up its loggers more than once: wrapped once
+    logger.warning("Connected to %s", settings().broker_url)
+    assert stream.getvalue() == f"[WARNING/MainProcess] Connected to redis://:{MASK}@redis.internal:6379/0\n"
