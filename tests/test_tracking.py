@@ -11,16 +11,16 @@ from xml.etree import ElementTree
 import motmetrics
 import numpy as np
 import pytest
-from pycocotools import mask as coco_mask
 
 from autolabel.contract import DetectOptions, FrameRef, FrameResult, JobManifest, JobSpec, VideoInfo
 from autolabel.detections import Detection
-from autolabel.synth import SHAPE_CLASSES, SynthFrame, generate_video, render_frames
+from autolabel.synth import SHAPE_CLASSES, SynthFrame, coco_ground_truth, generate_video, render_frames
 from autolabel.track_exports import build_cvat_video, build_labelstudio_video, build_mot
 from autolabel_worker.detector import Detector
 from autolabel_worker.evaluate import decode_bgr
 from autolabel_worker.models import REPO_CONFIGS_DIR, WEIGHTS_DIR
 from autolabel_worker.tracking import link_tracks
+from trackscore import tracking_scores
 from workerpool import MODEL
 
 # Training draws seeds 1000 * (seed + 1) + 1 onwards (a few dozen videos, train_shapes.data_seed);
@@ -29,7 +29,6 @@ HELD_OUT_SEED = 6_060_606
 SIZE = (1280, 720)  # the embedded model's own size (objects of 12-140 px)
 CROSSINGS = 3
 IDF1_BAR = 0.90
-MATCH_IOU = 0.5
 
 
 def _results(frames: list[SynthFrame], detections: list[list[Detection]], size: tuple[int, int]) -> list[FrameResult]:
@@ -43,38 +42,6 @@ def _truth_as_detections(frames: list[SynthFrame]) -> list[list[Detection]]:
     return [[Detection(box=tuple(map(float, a.box)), score=0.9, class_id=a.class_id,
                        class_name=SHAPE_CLASSES[a.class_id]) for a in frame.annotations if not a.ignore]
             for frame in frames]
-
-
-def _iou(boxes: list[list[float]], truth: list[list[float]]) -> np.ndarray:
-    """IoU of xywh boxes (rows) against xywh ground truth (columns), by pycocotools."""
-    if not boxes or not truth:
-        return np.zeros((len(boxes), len(truth)))
-    return np.asarray(coco_mask.iou(boxes, truth, [0] * len(truth)), dtype=float).reshape(len(boxes), len(truth))
-
-
-def tracking_scores(frames: list[SynthFrame], results: list[FrameResult]) -> dict[str, float]:
-    """MOTA, IDF1, ID switches and the rest by motmetrics, matching at IoU 0.5. Boxes on ground
-    truth marked ignore (mostly hidden or outside the frame) count neither way, as COCO's iscrowd."""
-    accumulator = motmetrics.MOTAccumulator(auto_id=True)
-    for frame, result in zip(frames, results, strict=True):
-        counted = [a for a in frame.annotations if not a.ignore]
-        ignored = [a for a in frame.annotations if a.ignore]
-        xywh = lambda box: [box[0], box[1], box[2] - box[0], box[3] - box[1]]  # noqa: E731
-        hyps = list(result.detections)
-        boxes = [list(d.xywh()) for d in hyps]
-        on_counted = _iou(boxes, [xywh(a.box) for a in counted])
-        on_ignored = _iou(boxes, [xywh(a.box) for a in ignored])
-        keep = [i for i in range(len(hyps)) if not (on_ignored.shape[1] and on_ignored[i].max() >= MATCH_IOU
-                                                    and not (on_counted.shape[1] and on_counted[i].max() >= MATCH_IOU))]
-        iou = on_counted[keep].T if keep else np.zeros((len(counted), 0))
-        # motmetrics (1.4.0) calls np.asfarray in its own IoU helper, gone in NumPy 2: the distance
-        # matrix is built here from pycocotools' IoU; the matching and the metrics are motmetrics'.
-        distances = np.where(iou >= MATCH_IOU, 1.0 - iou, np.nan)
-        accumulator.update([a.track_id for a in counted], [hyps[i].track_id for i in keep], distances)
-    names = ["mota", "idf1", "num_switches", "num_false_positives", "num_misses", "num_objects",
-             "num_unique_objects", "mostly_tracked", "num_fragmentations"]
-    summary = motmetrics.metrics.create().compute(accumulator, metrics=names, name="video")
-    return {name: float(summary[name].iloc[0]) for name in names}
 
 
 def _crossings_and_exits(frames: list[SynthFrame]) -> tuple[int, int]:
@@ -109,9 +76,7 @@ def test_embedded_model_tracks_crossing_and_leaving_objects(tmp_path: Path) -> N
         detections += detector.predict(decoded[start:start + 4], threshold)
     linked, summary = link_tracks(_results(frames, detections, SIZE))
 
-    # What the track exports hold: the boxes on a track (those on none are in COCO only).
-    scores = tracking_scores(frames, [r.model_copy(update={"detections": tuple(d for d in r.detections if d.track_id)})
-                                      for r in linked])
+    scores = tracking_scores(json.loads(truth.read_text()), linked)  # the boxes on a track: the track exports
     print(f"held-out seed {HELD_OUT_SEED}, {info.frames} frames {SIZE[0]}x{SIZE[1]}, {crossings} crossing pairs, "
           f"{exits} exits: {scores}; {summary.tracks} tracks linked in {summary.seconds} s")
     assert scores["idf1"] >= IDF1_BAR, scores
@@ -124,7 +89,7 @@ def test_every_box_of_a_perfect_detector_is_on_the_right_track() -> None:
     frames = list(render_frames(*SIZE, 40, HELD_OUT_SEED, crossings=CROSSINGS))
     results = _results(frames, _truth_as_detections(frames), SIZE)
     linked, summary = link_tracks(results)
-    scores = tracking_scores(frames, linked)
+    scores = tracking_scores(coco_ground_truth(frames, *SIZE), linked)
     assert scores["idf1"] >= 0.97 and scores["mota"] >= 0.97, scores
     first_frame_ids = {d.track_id for d in linked[0].detections}
     assert len(first_frame_ids) == len(linked[0].detections)  # each first box on a track of its own object
