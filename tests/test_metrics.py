@@ -157,7 +157,7 @@ def test_a_scrape_without_redis_fails_instead_of_reporting_empty_queues(tmp_path
             scrape(exporter.port)
     finally:
         exporter.stop()
-    assert failed.value.code == 500
+    assert failed.value.code == 503
     assert "scrape failed: Redis did not answer" in (tmp_path / "exporter.log").read_text()
 
 

@@ -278,11 +278,11 @@ def exporter(host: str | None, port: int | None) -> None:
 
     One per system (not per worker): docs/operations.md."""
     from autolabel.exporter import serve
+    from autolabel.logs import configure
 
     settings = get_settings()
-    host, port = host or settings.exporter_host, port or settings.exporter_port
-    click.echo(f"autolabel exporter: http://{host}:{port}/metrics", err=True)
-    serve(settings.broker_url, host, port)
+    configure(settings)  # AUTOLABEL_LOG_FORMAT, secrets masked
+    serve(settings.broker_url, host or settings.exporter_host, port or settings.exporter_port)
 
 
 def _frame_ranges(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[int, int], ...]:

@@ -22,11 +22,15 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.types import StartResponse, WSGIApplication as WSGIApp
 
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector, CollectorRegistry
 from pydantic import BaseModel
 
@@ -117,19 +121,14 @@ def read_snapshot(client: redis.Redis, now: float | None = None) -> SystemSnapsh
 
 class SystemCollector(Collector):
     """Reads Redis on every scrape: Prometheus sees the state at its scrape time, and nothing is
-    cached between scrapes. A Redis error fails the scrape (Prometheus records ``up`` 0), so a
-    stale or partial reading never looks like an empty queue."""
+    cached between scrapes. A Redis error fails the scrape (``metrics_app``), so a stale or
+    partial reading never looks like an empty queue."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
     def collect(self) -> Iterable[Metric]:
-        try:
-            snapshot = read_snapshot(self.client)
-        except redis.RedisError as exc:
-            log.warning("scrape failed: Redis did not answer (%s)", exc)
-            raise
-        return families(snapshot)
+        return families(read_snapshot(self.client))
 
 
 def families(snapshot: SystemSnapshot) -> list[Metric]:
@@ -155,17 +154,36 @@ def families(snapshot: SystemSnapshot) -> list[Metric]:
     ]
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        """No access log: a line per scrape would bury the exporter's own lines."""
+
+
+def metrics_app(registry: CollectorRegistry) -> WSGIApp:
+    """prometheus_client's /metrics app; a scrape while Redis does not answer gets a 503 with the
+    reason and one log line (Prometheus records ``up`` 0: alert AutolabelExporterDown)."""
+    app = make_wsgi_app(registry)
+
+    def guarded(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            return app(environ, start_response)
+        except redis.RedisError as exc:
+            log.warning("scrape failed: Redis did not answer (%s)", exc)
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"Redis did not answer: {exc}\n".encode()]
+
+    return guarded
+
+
 def serve(broker_url: str, host: str, port: int) -> None:
     """Serve /metrics on ``host:port`` until the process is stopped."""
     # decode_responses: keys and fields as str; timeouts: a scrape fails instead of hanging on a lost Redis.
     client = redis.Redis.from_url(broker_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SystemCollector(client))
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    server = make_server(host, port, metrics_app(registry), ThreadingWSGIServer, handler_class=_QuietHandler)
     # As a container's PID 1 the process gets no default SIGTERM action: stop on it explicitly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    log.info("autolabel exporter: /metrics on %s:%d", host, port)
-    try:
-        thread.join()
-    finally:
-        server.shutdown()
+    log.info("autolabel exporter: http://%s:%d/metrics", host, port)
+    with server:
+        server.serve_forever()
