@@ -310,12 +310,16 @@ def _frame_ranges(ctx: click.Context, param: click.Parameter, values: tuple[str,
               help="Another scene starts at this frame (a scene cut); repeatable.")
 @click.option("--fixed-camera", multiple=True, callback=_frame_ranges, metavar="START-END",
               help="From frame START to frame END the background holds while the objects move; repeatable.")
+@click.option("--crossings", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Pairs of same-class objects that cross each other and leave the frame (tracking tests).")
 def synth(out: Path, gt_path: Path | None, width: int, height: int, fps: int, seconds: float, seed: int,
-          stills: tuple[tuple[int, int], ...], cuts: tuple[int, ...], fixed_camera: tuple[tuple[int, int], ...]) -> None:
-    """Write a synthetic shapes video with exact COCO ground truth."""
+          stills: tuple[tuple[int, int], ...], cuts: tuple[int, ...], fixed_camera: tuple[tuple[int, int], ...],
+          crossings: int) -> None:
+    """Write a synthetic shapes video with exact COCO ground truth (track_id: each object's identity)."""
     from autolabel.synth import generate_video
 
     info = generate_video(out, gt_path or out.with_suffix(".json"), width=width, height=height, fps=fps,
-                          seconds=seconds, seed=seed, stills=stills, cuts=cuts, fixed_camera=fixed_camera)
+                          seconds=seconds, seed=seed, stills=stills, cuts=cuts, fixed_camera=fixed_camera,
+                          crossings=crossings)
     click.echo(f"{info.video}: {info.frames} frames {info.width}x{info.height} at {info.fps} fps; "
                f"{info.annotations} boxes in {info.ground_truth}")
