@@ -163,6 +163,17 @@ def test_a_killed_childs_counts_neither_vanish_nor_double(pool: Pool, client: La
     assert after["autolabel_model_info"] == 2  # the dead process's live gauges went with it
 
 
+def test_frames_labeled_before_count_as_skipped(pool: Pool, client: LabelingClient, keys: list[str]) -> None:
+    frames = job_frames(keys, 4)
+    client.wait(client.submit_frames(frames, job_id="metrics-skip", model=MODEL, batch_size=4), timeout=300)
+    _, before = scrape(pool)
+    # The same frames again: their results are there, stamped from the same image by the same model version.
+    client.wait(client.submit_frames(frames, job_id="metrics-skip", model=MODEL, batch_size=4), timeout=300)
+    _, after = scrape(pool)
+    assert after.get("autolabel_frames_skipped_total", 0) - before.get("autolabel_frames_skipped_total", 0) == 4
+    assert after["autolabel_frames_labeled_total"] == before["autolabel_frames_labeled_total"]
+
+
 def test_json_logs(pool: Pool, client: LabelingClient, keys: list[str]) -> None:
     job_id = client.submit_frames(job_frames(keys, 4), job_id="metrics-logs", model=MODEL, batch_size=4)
     client.wait(job_id, timeout=300)
