@@ -441,6 +441,8 @@ def test_prometheus_sees_a_real_job_and_a_killed_process(stack: DevStack, observ
             print(f"[metrics] autolabel_frames_labeled_total{result['metric']} = {result['value'][1]}")
 
 
+@pytest.mark.e2e
+@pytest.mark.integration
 def test_flower_asks_for_its_password_except_on_metrics_and_healthcheck(observed: tuple[Pool, Prometheus]) -> None:
     pool, prometheus = observed
     (flower,) = [t for t in prometheus.api("targets")["activeTargets"] if t["labels"]["job"] == "flower"]
