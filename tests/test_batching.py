@@ -1,16 +1,16 @@
-"""The Batcher's logic with a stand-in predict function (pure logic; the real model runs in e2e)."""
+"""The Batcher's logic with a stand-in model (pure logic; the real model runs in test_detector and e2e)."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
 
 import numpy as np
 import pytest
 
 from autolabel.detections import Detection
-from autolabel_worker.batching import Batcher
+from autolabel_worker.batching import Batcher, Pending, _Call, _Item, take_batch
 
 
 def frame(value: int) -> np.ndarray:
@@ -18,23 +18,35 @@ def frame(value: int) -> np.ndarray:
 
 
 class Recorder:
-    """Returns one detection per frame whose score is the frame's pixel value / 100."""
+    """A frame's output is its pixel value; one detection per frame whose score is that value / 100.
+    ``calls`` holds the frames of each forward pass, ``collated`` those of each collated batch."""
 
     def __init__(self, gate: threading.Event | None = None, poison: int | None = None) -> None:
         self.calls: list[list[int]] = []
+        self.collated: list[list[int]] = []
         self.gate, self.poison = gate, poison
 
-    def predict(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection]]:
-        values = [int(image[0, 0, 0]) for image in images]
-        self.calls.append(values)
+    def prepare(self, image: np.ndarray) -> int:
+        return int(image[0, 0, 0])
+
+    def collate(self, prepared: Sequence[int]) -> list[int]:
+        self.collated.append(list(prepared))
+        return list(prepared)
+
+    def forward(self, batch: list[int]) -> list[int]:
+        self.calls.append(batch)
         if self.gate is not None:
             self.gate.wait(10)
-        if self.poison in values:
+        if self.poison in batch:
             raise RuntimeError(f"frame {self.poison} breaks the model")
-        return [[Detection(box=(0, 0, 1, 1), score=v / 100, class_id=0, class_name="x")] for v in values]
+        return batch
+
+    def postprocess(self, value: int, threshold: float) -> list[Detection]:
+        return [d for d in [Detection(box=(0, 0, 1, 1), score=value / 100, class_id=0, class_name="x")]
+                if d.score >= threshold]
 
 
-def busy_batcher(max_batch: int) -> tuple[Batcher[Recorder], Recorder, threading.Event, list[Future[list[Detection]]]]:
+def busy_batcher(max_batch: int) -> tuple[Batcher[Recorder], Recorder, threading.Event, list[Pending]]:
     """A batcher whose first pass (frame 1) is running and holds the device until the gate is set."""
     gate = threading.Event()
     predict = Recorder(gate)
@@ -102,9 +114,9 @@ def test_the_model_is_loaded_and_run_on_the_batchers_own_thread() -> None:
     threads: dict[str, int] = {}
 
     class Model(Recorder):
-        def predict(self, images: Sequence[np.ndarray], threshold: float) -> list[list[Detection]]:
-            threads["predict"] = threading.get_ident()
-            return super().predict(images, threshold)
+        def forward(self, batch: list[int]) -> list[int]:
+            threads["forward"] = threading.get_ident()
+            return super().forward(batch)
 
     def load() -> Model:
         threads["load"] = threading.get_ident()
@@ -131,7 +143,9 @@ def test_a_call_runs_after_the_frames_queued_before_it_and_before_those_after() 
     seen: list[list[list[int]]] = []
     call = threading.Thread(target=lambda: seen.append(batcher.call(lambda: [list(c) for c in predict.calls])))
     call.start()
-    while batcher._queue.qsize() < 3:  # the call is queued behind the two frames
+    # Frames 2 and 3 wait for company while the model is busy; the call queued behind them closes
+    # their batch, so once it is formed the call is queued.
+    while batcher._ready is None:
         threading.Event().wait(0.01)
     after = batcher.submit([frame(4), frame(5)], 0.0)
     gate.set()
@@ -141,3 +155,82 @@ def test_a_call_runs_after_the_frames_queued_before_it_and_before_those_after() 
     assert seen == [[[1], [2, 3]]]
     assert predict.calls == [[1], [2, 3], [4, 5]]
     batcher.close()
+
+
+def test_the_models_thread_runs_only_forward_passes() -> None:
+    # prepare and postprocess run on the task's thread, collate on the forming thread, forward on the model's.
+    threads: dict[str, set[int]] = {"prepare": set(), "collate": set(), "forward": set(), "postprocess": set()}
+
+    class Model(Recorder):
+        def prepare(self, image: np.ndarray) -> int:
+            threads["prepare"].add(threading.get_ident())
+            return super().prepare(image)
+
+        def collate(self, prepared: Sequence[int]) -> list[int]:
+            threads["collate"].add(threading.get_ident())
+            return super().collate(prepared)
+
+        def forward(self, batch: list[int]) -> list[int]:
+            threads["forward"].add(threading.get_ident())
+            return super().forward(batch)
+
+        def postprocess(self, value: int, threshold: float) -> list[Detection]:
+            threads["postprocess"].add(threading.get_ident())
+            return super().postprocess(value, threshold)
+
+    batcher = Batcher(Model, max_batch=2)
+    model_thread = batcher.call(threading.get_ident)
+    task_threads: set[int] = set()
+    together = threading.Barrier(3)  # three task threads alive at once, each with its own id
+
+    def task(values: list[int]) -> None:
+        task_threads.add(threading.get_ident())
+        together.wait(10)
+        outcome = batcher.predict([frame(v) for v in values], 0.0)
+        assert [d[0].score for d in outcome.results] == pytest.approx([v / 100 for v in values])
+
+    tasks = [threading.Thread(target=task, args=([v, v + 1, v + 2],)) for v in (10, 20, 30)]
+    for thread in tasks:
+        thread.start()
+    for thread in tasks:
+        thread.join(10)
+    assert threads["forward"] == {model_thread}
+    assert threads["prepare"] == threads["postprocess"] == task_threads and len(task_threads) == 3
+    assert len(threads["collate"]) == 1 and not threads["collate"] & (task_threads | {model_thread})
+    assert batcher.stats.frames == 9
+    batcher.close()
+
+
+def test_the_next_batch_is_collated_while_a_pass_runs() -> None:
+    batcher, predict, gate, busy = busy_batcher(max_batch=2)
+    full = batcher.submit([frame(2), frame(3)], 0.0)
+    while predict.collated[-1] != [2, 3]:
+        threading.Event().wait(0.01)
+    # Collated and ready while the first pass still holds the model; it runs as soon as that pass ends.
+    assert predict.calls == [[1]] and busy[0].pass_size == 0
+    gate.set()
+    assert [p.result(timeout=10)[0].score for p in busy + full] == [0.01, 0.02, 0.03]
+    assert predict.calls == [[1], [2, 3]]
+    batcher.close()
+
+
+def test_take_batch_fills_while_the_model_is_busy() -> None:
+    items = [_Item(value, 0.0) for value in range(5)]
+    waiting: deque[object] = deque(items[:2])
+    assert take_batch(waiting, max_batch=4, flush=False) is None and len(waiting) == 2  # left to fill
+    assert take_batch(waiting, max_batch=4, flush=True) == items[:2] and not waiting  # the model is idle
+    waiting.extend(items)
+    assert take_batch(waiting, max_batch=4, flush=False) == items[:4]  # full
+    assert list(waiting) == items[4:]
+
+
+def test_take_batch_serves_calls_and_lone_frames_in_their_turn() -> None:
+    first, second, lone = _Item(1, 0.0), _Item(2, 0.0), _Item(3, 0.0, alone=True)
+    call = _Call(lambda: None)
+    waiting: deque[object] = deque([first, call, lone, second])
+    # Nothing can join a batch that a call follows: it is taken though not full and the model is busy.
+    assert take_batch(waiting, max_batch=4, flush=False) == [first]
+    assert take_batch(waiting, max_batch=4, flush=False) is call
+    assert take_batch(waiting, max_batch=4, flush=False) == [lone]
+    assert take_batch(waiting, max_batch=4, flush=False) is None and list(waiting) == [second]
+    assert take_batch(deque(), max_batch=4, flush=True) is None

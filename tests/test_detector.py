@@ -11,6 +11,7 @@ import pytest
 
 from autolabel.detections import Detection
 from autolabel.synth import render_frames
+from autolabel_worker.batching import Batcher
 from autolabel_worker.detector import Detector
 from autolabel_worker.models import REPO_CONFIGS_DIR, WEIGHTS_DIR
 
@@ -32,6 +33,17 @@ def frames() -> list[np.ndarray]:
     return [np.ascontiguousarray(video[i].image[..., ::-1]) for i in (0, 25)]
 
 
+@pytest.fixture(scope="module")
+def mixed_sizes(frames: list[np.ndarray]) -> list[np.ndarray]:
+    big, other = frames
+    return [
+        big,
+        cv2.resize(other, (640, 360), interpolation=cv2.INTER_AREA),
+        np.ascontiguousarray(big[:, 160:1120]),  # 960x720, another aspect ratio
+        np.ascontiguousarray(other[100:600, 300:900]),  # 600x500
+    ]
+
+
 def _confident(detections: list[Detection], threshold: float = 0.3) -> list[Detection]:
     return sorted((d for d in detections if d.score >= threshold), key=lambda d: (d.class_id, d.box))
 
@@ -41,14 +53,8 @@ def test_loads_weights_and_class_names(detector: Detector) -> None:
     assert detector.report is not None and detector.report.clean
 
 
-def test_batch_of_mixed_sizes_equals_one_by_one(detector: Detector, frames: list[np.ndarray]) -> None:
-    big, other = frames
-    batch = [
-        big,
-        cv2.resize(other, (640, 360), interpolation=cv2.INTER_AREA),
-        np.ascontiguousarray(big[:, 160:1120]),  # 960x720, another aspect ratio
-        np.ascontiguousarray(other[100:600, 300:900]),  # 600x500
-    ]
+def test_batch_of_mixed_sizes_equals_one_by_one(detector: Detector, mixed_sizes: list[np.ndarray]) -> None:
+    batch = mixed_sizes
     together = detector.predict(batch)
     alone = [detector.predict([image])[0] for image in batch]
     for image, batched, single in zip(batch, together, alone, strict=True):
@@ -84,3 +90,18 @@ def test_boxes_are_in_the_original_frame_pixels(detector: Detector, frames: list
         assert best >= 0.85, f"{d} has no counterpart at twice the size in the 640x360 frame"
     # And the boxes of the half-size frame are in its own pixels: none reaches past 640x360.
     assert max(s.box[2] for s in small) <= 640 and max(s.box[3] for s in small) <= 360
+
+
+def test_the_batcher_splits_the_pass_across_threads_without_changing_a_detection(
+        detector: Detector, mixed_sizes: list[np.ndarray]) -> None:
+    # The Batcher runs the test pipeline and postprocessing on this thread, collate on its forming
+    # thread and only the forward pass on the model's: the same detections as one predict call.
+    batcher = Batcher(lambda: detector, max_batch=4)
+    try:
+        outcome = batcher.predict(mixed_sizes, 0.0)
+        alone = batcher.predict(mixed_sizes[1:2], 0.0)
+    finally:
+        batcher.close()
+    assert batcher.stats.sizes == [4, 1] and outcome.pass_sizes == [4, 4, 4, 4]
+    assert outcome.results == detector.predict(mixed_sizes)
+    assert alone.results == detector.predict(mixed_sizes[1:2])

@@ -217,10 +217,19 @@ class SlowModel:
     def __init__(self, seconds: float) -> None:
         self.seconds, self.frames = seconds, 0
 
-    def predict(self, images: list[object], score_threshold: float) -> list[list[object]]:
+    def prepare(self, image: object) -> object:
+        return image
+
+    def collate(self, prepared: list[object]) -> list[object]:
+        return prepared
+
+    def forward(self, batch: list[object]) -> list[None]:
         time.sleep(self.seconds)
-        self.frames += len(images)
-        return [[] for _ in images]
+        self.frames += len(batch)
+        return [None for _ in batch]
+
+    def postprocess(self, output: None, threshold: float) -> list[object]:
+        return []
 
 
 def slow_runtime(stack: DevStack, model: SlowModel, batch_time_limit_s: float) -> Runtime:

@@ -1,9 +1,16 @@
 """Loading any MMDetection model and running it on a batch of frames in ONE forward pass.
 
 mmdet's ``inference_detector`` runs one image per forward pass; here every frame of a batch
-goes through the config's test pipeline, the results are collated, and ``model.test_step``
-runs once: the data preprocessor pads the batch, and mmdet rescales the boxes back to each
-frame's original size.
+goes through the config's test pipeline, the results are collated, and the model runs once:
+the data preprocessor pads the batch, and mmdet rescales the boxes back to each frame's
+original size.
+
+It is ``model.test_step`` cut into the four stages the Batcher runs on different threads
+(``batching.BatchModel``): ``prepare`` (the test pipeline of one frame), ``collate`` (the
+batch and the model's data preprocessor: the copy to the device, normalization, padding to
+the batch's largest frame), ``forward`` (the network and the copy of its outputs to the
+host) and ``postprocess`` (clipping, thresholding, ``Detection`` objects). ``predict`` runs
+them in a row; either way the same operations run in the same order, so the results are the same.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +71,18 @@ def build_model(config: str | Path) -> tuple[torch.nn.Module, Config]:
     return revert_sync_batchnorm(MODELS.build(cfg.model)), cfg
 
 
+@dataclass(frozen=True)
+class HostInstances:
+    """One frame's raw output on the host: boxes (N x 4, in the frame's pixels, unclipped), scores
+    and labels, and the frame's height and width."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    height: int
+    width: int
+
+
 class Detector:
     """An mmdet model in eval mode with its test pipeline and class names."""
 
@@ -113,22 +133,37 @@ class Detector:
         """Detections per image (BGR uint8 HxWx3, any sizes), boxes in each image's own pixels."""
         if not images:
             return []
-        batch = pseudo_collate([self.pipeline({"img": image, "img_id": i}) for i, image in enumerate(images)])
-        with torch.no_grad(), self._autocast():
-            outputs = self.model.test_step(batch)
-        return [self._detections(output.pred_instances, image.shape, score_threshold)
-                for output, image in zip(outputs, images)]
+        outputs = self.forward(self.collate([self.prepare(image) for image in images]))
+        return [self.postprocess(output, score_threshold) for output in outputs]
 
-    def _detections(self, instances: Any, shape: tuple[int, ...], threshold: float) -> list[Detection]:
-        height, width = shape[:2]
-        scores = instances.scores.float().cpu().numpy()
-        boxes = instances.bboxes.float().cpu().numpy()
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    def prepare(self, image: np.ndarray) -> dict[str, Any]:
+        """The config's test pipeline on one frame (resize, pad, pack)."""
+        return self.pipeline({"img": image})
+
+    def collate(self, prepared: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """One batch of prepared frames through the data preprocessor, on the model's device."""
+        with torch.no_grad(), self._autocast():
+            return self.model.data_preprocessor(pseudo_collate(list(prepared)), False)
+
+    def forward(self, batch: dict[str, Any]) -> list[HostInstances]:
+        """The forward pass of a collated batch and its outputs copied to the host, one per frame."""
+        with torch.no_grad(), self._autocast():
+            samples = self.model(**batch, mode="predict")
+        outputs = []
+        for sample in samples:
+            instances = sample.pred_instances
+            height, width = sample.metainfo["ori_shape"][:2]
+            outputs.append(HostInstances(instances.bboxes.float().cpu().numpy(), instances.scores.float().cpu().numpy(),
+                                         instances.labels.cpu().numpy(), height, width))
+        return outputs
+
+    def postprocess(self, output: HostInstances, threshold: float) -> list[Detection]:
+        """The frame's detections at ``threshold``, boxes clipped to the frame."""
+        boxes = output.boxes.copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, output.width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, output.height)
         # A box wholly in the batch padding (beyond the frame) clips to nothing: it is not in the frame.
-        keep = (scores >= threshold) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes = boxes[keep]
-        labels = instances.labels.cpu().numpy()[keep]
+        keep = (output.scores >= threshold) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return [Detection(box=tuple(float(v) for v in box), score=float(score), class_id=int(label),
                           class_name=self.classes[int(label)])
-                for box, score, label in zip(boxes, scores[keep], labels)]
+                for box, score, label in zip(boxes[keep], output.scores[keep], output.labels[keep])]
