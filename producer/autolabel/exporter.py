@@ -83,18 +83,22 @@ def read_jobs(client: redis.Redis) -> tuple[dict[JobState, int], int, set[str]]:
         with client.pipeline(transaction=False) as pipe:
             for job_id in chunk:
                 pipe.hmget(f"autolabel:job:{job_id}", "state", "total", "model")
+            fields = pipe.execute()
+        # Frames counted for open jobs only: the index keeps every job ever submitted, most ended.
+        open_jobs = [(job_id, int(total or 0), model) for job_id, (state, total, model) in zip(chunk, fields)
+                     if state is not None and JobState(state) in _OPEN_STATES]
+        for state, _, _ in fields:
+            if state is not None:  # a job whose hash is gone: `autolabel jobs` drops it from the index
+                jobs[JobState(state)] += 1
+        with client.pipeline(transaction=False) as pipe:
+            for job_id, _, _ in open_jobs:
                 pipe.scard(f"autolabel:job:{job_id}:done")
                 pipe.hlen(f"autolabel:job:{job_id}:failed")
-            replies = pipe.execute()
-        for (state, total, model), done, failed in zip(replies[::3], replies[1::3], replies[2::3]):
-            if state is None:
-                continue  # a job whose hash is gone: `autolabel jobs` drops it from the index
-            state = JobState(state)
-            jobs[state] += 1
-            if state in _OPEN_STATES:
-                pending += max(0, int(total or 0) - int(done) - int(failed))
-                if model:
-                    models.add(model)
+            counts = pipe.execute()
+        for (_, total, model), done, failed in zip(open_jobs, counts[::2], counts[1::2]):
+            pending += max(0, total - done - failed)
+            if model:
+                models.add(model)
     return jobs, pending, models
 
 
