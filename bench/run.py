@@ -397,6 +397,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     return keys
 
 
+ALL = ("sim_pipeline", "sim_latency", "sim_scaling", "stages", "cpu")
 TARGETS = {"sim_efficiency": (">=", 0.97), "sim_idle_latency_ratio": ("<=", 1.05),
            "cpu_capped_efficiency": (">=", 0.90), "cpu_capped_idle_latency_ratio": ("<=", 1.10)}
 
@@ -405,7 +406,8 @@ def main() -> None:
     import simdevice
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", default=["sim_pipeline", "sim_latency", "sim_scaling", "stages", "cpu"])
+    parser.add_argument("names", nargs="*", default=list(ALL), help=f"any of {', '.join(ALL)} (default: all; a "
+                        "subset updates those tables in an existing --output)")
     parser.add_argument("--sim-frames", type=int, default=2000, help="frames of the simulated backlog job (the "
                         "issue's 2,000: about 6 minutes at batch 4, 2000/4 x t(4))")
     parser.add_argument("--sweep-frames", type=int, default=100, help="frames per sim_scaling run")
@@ -438,6 +440,10 @@ def main() -> None:
                 results[name] = cpu(bench, args.cpu_frames, args.batch_size, args.samples)
             else:
                 parser.error(f"unknown benchmark {name!r}")
+    if args.output.is_file() and set(args.names) != set(ALL):
+        # A subset run updates its own tables and keeps the others the file already has.
+        kept = json.loads(args.output.read_text())
+        results = {**{name: kept[name] for name in ALL if name in kept}, **results}
     headline = summary(results)
     rows = []
     for key, value in headline.items():
