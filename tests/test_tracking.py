@@ -6,19 +6,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from xml.etree import ElementTree
 
 import motmetrics
 import numpy as np
 import pytest
 
+from autolabel import layout
 from autolabel.contract import DetectOptions, FrameRef, FrameResult, JobManifest, JobSpec, VideoInfo
 from autolabel.detections import Detection
+from autolabel.devservices import DevStack
+from autolabel.exports import Summary
+from autolabel.progress import ProgressStore
+from autolabel.storage import ObjectStore
 from autolabel.synth import SHAPE_CLASSES, SynthFrame, coco_ground_truth, generate_video, render_frames
 from autolabel.track_exports import build_cvat_video, build_labelstudio_video, build_mot
+from autolabel_worker.batching import Batcher
 from autolabel_worker.detector import Detector
 from autolabel_worker.evaluate import decode_bgr
-from autolabel_worker.models import REPO_CONFIGS_DIR, WEIGHTS_DIR
+from autolabel_worker.finalize import finalize_job
+from autolabel_worker.models import REPO_CONFIGS_DIR, WEIGHTS_DIR, ModelFiles
+from autolabel_worker.runtime import Runtime
 from autolabel_worker.tracking import link_tracks
 from trackscore import tracking_scores
 from workerpool import MODEL
@@ -228,3 +237,48 @@ def test_labelstudio_video_regions_are_videorectangle_sequences(every: int) -> N
                 next_labeled = labeled[labeled.index(frame) + 1]
                 assert item["enabled"] == (following["frame"] - 1 == next_labeled)
     _same_boxes(read, results)
+
+
+@pytest.mark.integration
+def test_finalize_writes_track_ids_and_exports_and_clears_ids_without_tracking(devstack: DevStack) -> None:
+    """finalize on the real S3 server and Redis: a tracked job's result files get their track ids (their
+    stamp kept, so a re-submission still reuses them) and the track exports are written and listed;
+    the same results finalized under a job without tracking lose the ids (as a re-submission of a
+    tracked job id without --track reuses them)."""
+    settings = devstack.settings()
+    store = ObjectStore.from_settings(settings)
+    rt = Runtime(settings=settings, store=store, progress=ProgressStore.from_url(settings.broker_url),
+                 model=ModelFiles(MODEL, Path("unused.py"), Path("unused.pth"), "test"),
+                 batcher=Batcher(lambda: SimpleNamespace(classes=SHAPE_CLASSES), max_batch=1))
+    frames = list(render_frames(*SIZE, 12, HELD_OUT_SEED, crossings=CROSSINGS))
+    for job_id, track, detections in (("finalize-tracked", True, _truth_as_detections(frames)),
+                                      ("finalize-untracked", False, None)):
+        manifest, linked = _job(frames)
+        manifest = manifest.model_copy(update={"spec": manifest.spec.model_copy(update={"job_id": job_id,
+                                                                                         "track": track})})
+        results = _results(frames, detections, SIZE) if detections else linked  # untracked: results with ids
+        stamp = {"model-version": "test", "options": "o", "input": "0" * 32}
+        store.put_json(layout.manifest_key(job_id), manifest)
+        for result in results:
+            store.put_json(layout.detection_key(job_id, result.frame_id),
+                           result.model_copy(update={"job_id": job_id}), stamp)
+        rt.progress.register(job_id, total=len(results), model=MODEL, source=manifest.spec.source)
+        assert rt.progress.record(job_id, done=[r.frame_id for r in results], failed={}) == 1
+        finalize_job(rt, job_id)
+
+        written = [FrameResult.model_validate(store.get_json(layout.detection_key(job_id, r.frame_id)))
+                   for r in results]
+        assert store.metadata(layout.detection_key(job_id, results[0].frame_id)) == stamp
+        summary = Summary.model_validate(store.get_json(layout.export_key(job_id, "summary.json")))
+        coco = store.get_json(layout.export_key(job_id, "coco.json"))
+        if track:
+            assert summary.tracking is not None and summary.tracking.tracks > 0
+            assert summary.exports == [*layout.EXPORT_NAMES, "cvat-video.xml", "mot.txt", "labelstudio-video.json"]
+            assert all(d.track_id is not None for r in written for d in r.detections)
+            assert [a["track_id"] for a in coco["annotations"]] == [d.track_id for r in written for d in r.detections]
+            for name in layout.TRACK_EXPORT_NAMES:
+                assert store.size(layout.export_key(job_id, name)) > 0
+        else:
+            assert summary.tracking is None and summary.exports == list(layout.EXPORT_NAMES)
+            assert all(d.track_id is None for r in written for d in r.detections)
+            assert all(a["track_id"] is None for a in coco["annotations"])
