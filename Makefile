@@ -11,7 +11,7 @@ setup:
 # Debian's packages: redis-server (the tests and the demo start their own on loopback);
 # docker-compose (1.29) parses docker-compose.yml in tests/test_deploy.py; prometheus and promtool
 # scrape a real job and check the alert rules (tests/test_metrics.py); docker.io and debootstrap
-# build and run the compose stack for real (scripts/compose_test.py).
+# build and run the compose stack for real (tests/test_compose.py).
 SERVICES := redis-server docker-compose prometheus docker.io debootstrap
 services:
 	@for tool in redis-server docker-compose prometheus promtool dockerd debootstrap; do \
@@ -23,7 +23,7 @@ test: setup services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup services
-	$(PY) -m autolabel_worker.demo
+	$(PY) -m autolabel_worker.demo $(if $(TRACK),--track)
 
 # The simulated device's and the CPU figures (bench/run.py), then Co-DINO Swin-L on CUDA; results in
 # bench/results/ (docs/performance.md).
@@ -31,10 +31,10 @@ bench: setup services
 	$(PY) bench/run.py
 	$(PY) bench/codetr_gpu.py || [ $$? -eq 2 ]  # Co-DETR Swin-L on CUDA; exit 2 means no GPU here
 
-# The compose stack built and run for real (docs/deploy.md): Debian's docker engine (dockerd is
-# started by the script when none runs) and debootstrap for stand-in base images.
+# The compose stack built and run for real, alone (make test runs it too; docs/deploy.md):
+# Debian's docker engine (the test starts dockerd when none answers) and debootstrap for stand-ins.
 compose-test: setup services
-	$(PY) scripts/compose_test.py
+	$(PY) -m pytest tests/test_compose.py $(PYTEST_ARGS)
 
 # Regenerate the lock file from the current environment after changing a dependency.
 lock:
