@@ -55,6 +55,11 @@ ENV PATH=/opt/autolabel/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     TORCH_INDEX_URL=${TORCH_INDEX_URL}
+# binutils: `strip` for docker/slim-env.sh (the cuda stage has it with g++).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends binutils \
+    && rm -rf /var/lib/apt/lists/*
 COPY docker/wheels/ /wheels/
 RUN python -m venv /opt/autolabel
 
@@ -67,10 +72,13 @@ ARG OFFLINE=
 COPY requirements/lock.txt /src/requirements/lock.txt
 COPY producer/ /src/producer/
 COPY worker/ /src/worker/
+COPY docker/slim-env.sh /src/docker/slim-env.sh
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # opencv-python is what mmcv asks for, and it needs libGL; the headless build of the same version
-# provides the same cv2 without it. Headers, tests and triton (0.7 GB; torch.compile's, which the
-# worker does not use) are not needed to run. Versions come from the
+# provides the same cv2 without it. triton (0.7 GB; torch.compile's) and networkx (19 MB; torch.fx
+# partitioners') are torch dependencies the worker never imports (a detection runs with both
+# absent); sympy stays: mmengine imports torch's FSDP, which imports it. Then docker/slim-env.sh
+# (tests, headers, botocore's other services, symbols). Versions come from the
 # lock (-c) and --no-cache-dir is in "${index[@]}", where hadolint does not look.
 # hadolint ignore=DL3013,DL3042
 RUN index=(--no-cache-dir --find-links /wheels) \
@@ -80,10 +88,9 @@ RUN index=(--no-cache-dir --find-links /wheels) \
     && cv="$(pip show opencv-python | sed -n 's/^Version: //p')" \
     && pip uninstall -y opencv-python \
     && pip install "${index[@]}" --no-deps "opencv-python-headless==$cv" \
-    && pip uninstall -y triton pip setuptools wheel \
-    && site=/opt/autolabel/lib/python3.11/site-packages \
-    && rm -rf "$site/torch/include" "$site"/*/tests "$site"/torch/test \
-    && python -c "import cv2, mmcv.ops, mmdet, torch, autolabel_worker.app"
+    && pip uninstall -y triton networkx pip setuptools wheel \
+    && /src/docker/slim-env.sh /opt/autolabel \
+    && python -c "import cv2, mmcv.ops, mmdet.apis, torch, autolabel_worker.app, autolabel.storage"
 COPY configs/ /opt/autolabel/configs/
 
 # ---------------------------------------------------------------------------------------------
