@@ -138,6 +138,11 @@ def engine() -> Iterator[None]:
             process.wait(10)
 
 
+def image_id(image: str) -> str | None:
+    done = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def image_report(image: str) -> tuple[int, list[tuple[int, str]]]:
     """Uncompressed size in bytes, and the layers' sizes and what made them, largest first."""
     size = int(sh(f"docker image inspect {image}", "docker", "image", "inspect", "-f", "{{.Size}}", image))
@@ -168,10 +173,13 @@ def images(engine: None, figures: Figures) -> Images:
     for tag, dockerfile, args in ((WORKER_IMAGE, "worker.Dockerfile", ["FLAVOR=cpu"]),
                                   (PRODUCER_IMAGE, "producer.Dockerfile", [])):
         started = time.monotonic()
+        previous = image_id(tag)
         build = [builder, "build", "-q", "-f", f"docker/{dockerfile}", "-t", tag]
         for arg in [*args, "OFFLINE=1", f"REVISION={revision}"]:
             build += ["--build-arg", arg]
         sh(f"building {tag}", *build, ".", env={**os.environ, "DOCKER_BUILDKIT": "1"}, timeout_s=1800)
+        if previous and previous != image_id(tag):  # the last run's image, untagged now: not left to fill the disk
+            subprocess.run(["docker", "image", "rm", previous], capture_output=True, timeout=120)
         figures.say(f"build {tag}: {time.monotonic() - started:.0f} s")
     sizes = {}
     for tag in (WORKER_IMAGE, PRODUCER_IMAGE, BASE_IMAGE):
