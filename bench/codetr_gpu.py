@@ -129,7 +129,7 @@ def pipeline(args: argparse.Namespace, bare_rows: list[dict[str, Any]]) -> dict[
                         worker_cpu_ms = 1000 * (pool.cpu_s() - cpu_before) / args.frames
                         if procs == 1 and batch == max(args.batches):
                             times = bench.single_latencies(client, batch, args.samples)
-                            latency = statistics.median(labeled_at - started for started, labeled_at in times)
+                            latency = statistics.median(labeled_at - started for started, _, labeled_at in times)
                             single = bare_by[(precision, 1)]["single_frame_s"] if (precision, 1) in bare_by else \
                                 bare_by[(precision, batch)]["single_frame_s"]
                             out["latency"].append({"precision": precision, "submit_to_result_s": latency,

@@ -148,18 +148,19 @@ class Bench:
         assert status.done == len(refs) and status.labeled_at is not None, status
         return job_id, submitted, status.labeled_at
 
-    def single_latencies(self, client: LabelingClient, batch: int, samples: int) -> list[tuple[float, float]]:
-        """(submitted, labeled) of single-frame jobs, each into an idle worker."""
+    def single_latencies(self, client: LabelingClient, batch: int, samples: int) -> list[tuple[float, float, float]]:
+        """(submitted, submit returned, labeled) of single-frame jobs, each into an idle worker."""
         times = []
         for ref in self.refs[:samples]:
             started = time.time()
             job_id = client.submit_frames([ref], batch_size=batch)
+            enqueued = time.time()
             # The worker stamps the moment the frame's result is recorded (labeled_at), so this
             # client can wait without polling hard for CPU the worker needs. The job's exports
             # (finalize) come after and are not part of a frame's latency.
             while (labeled_at := client.status(job_id).labeled_at) is None:
                 time.sleep(0.05)
-            times.append((started, labeled_at))
+            times.append((started, enqueued, labeled_at))
             client.wait(job_id, poll_s=0.05)  # the next frame meets an idle worker
         return times
 
@@ -233,17 +234,24 @@ def sim_latency(bench: Bench, root: Path, law: Any, batch: int, samples: int) ->
     with bench.workers(card.spec, batch, 1):
         times = bench.single_latencies(bench.client_for(card.spec), batch, samples)
     passes = card.passes()
-    ratios, overheads_ms = [], []
-    for submitted, labeled in times:
+    ratios, overheads_ms, parts_ms = [], [], []
+    for submitted, enqueued, labeled in times:
         # The warm-up pass ran before any submit; each frame's pass is the one inside its wait.
         (own,) = [p for p in passes if submitted <= p.start and p.end <= labeled]
         ratios.append((labeled - submitted) / (own.end - own.start))
         overheads_ms.append(1000 * ((labeled - submitted) - (own.end - own.start)))
+        # Where the overhead is: the client's submit; from the enqueue to the pass (delivery, fetch,
+        # decode, pipeline, collate, hand-offs); from the pass to the result recorded (postprocess, upload, Redis).
+        parts_ms.append((1000 * (enqueued - submitted), 1000 * (own.start - enqueued), 1000 * (labeled - own.end)))
+    submit_ms, to_pass_ms, after_pass_ms = (statistics.median(part) for part in zip(*parts_ms))
     result = {"label": SIM, "samples": samples, "device_s": law.pass_seconds(1),
               "idle_latency_ratio": statistics.median(ratios), "overhead_median_ms": statistics.median(overheads_ms),
-              "ratios": ratios}
-    table(f"sim_latency ({SIM})", ("device s", "overhead median ms", "idle_latency_ratio"),
-          [(f"{law.pass_seconds(1):.3f}", f"{result['overhead_median_ms']:.1f}", f"{result['idle_latency_ratio']:.3f}")])
+              "submit_median_ms": submit_ms, "enqueue_to_pass_median_ms": to_pass_ms,
+              "pass_to_result_median_ms": after_pass_ms, "ratios": ratios}
+    table(f"sim_latency ({SIM})", ("device s", "overhead median ms", "submit ms", "enqueue-to-pass ms",
+                                   "pass-to-result ms", "idle_latency_ratio"),
+          [(f"{law.pass_seconds(1):.3f}", f"{result['overhead_median_ms']:.1f}", f"{submit_ms:.1f}",
+            f"{to_pass_ms:.1f}", f"{after_pass_ms:.1f}", f"{result['idle_latency_ratio']:.3f}")])
     return result
 
 
@@ -365,7 +373,7 @@ def cpu(bench: Bench, frames: int, batch: int, samples: int) -> dict[str, Any]:
         after, single_after = bare(bench, batch, frames, threads)
         pipeline_fps = frames / (labeled - submitted)
         bare_fps, single = (before + after) / 2, (single_before + single_after) / 2
-        latency = statistics.median(labeled_at - started for started, labeled_at in times)
+        latency = statistics.median(labeled_at - started for started, _, labeled_at in times)
         out[name] = {"model_threads": threads, "frames": frames, "batch_size": batch, "pipeline_fps": pipeline_fps,
                      "bare_fps": bare_fps, "bare_fps_before": before, "bare_fps_after": after,
                      "efficiency": pipeline_fps / bare_fps, "submit_to_result_s": latency,
