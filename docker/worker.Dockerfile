@@ -70,10 +70,12 @@ FROM build-${FLAVOR} AS build
 # OFFLINE=1: no index at all, every wheel from docker/wheels/ (what CI does: no registry is reachable there).
 ARG OFFLINE=
 COPY requirements/lock.txt /src/requirements/lock.txt
-COPY producer/ /src/producer/
-COPY worker/ /src/worker/
+COPY producer/pyproject.toml /src/producer/pyproject.toml
+COPY worker/pyproject.toml /src/worker/pyproject.toml
 COPY docker/slim-env.sh /src/docker/slim-env.sh
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# First the two packages' dependencies, read from their pyproject.toml: this layer (torch and the
+# rest, minutes to install) stays cached while only the product's code changes.
 # opencv-python is what mmcv asks for, and it needs libGL; the headless build of the same version
 # provides the same cv2 without it. triton (0.7 GB; torch.compile's) and networkx (19 MB; torch.fx
 # partitioners') are torch dependencies the worker never imports (a detection runs with both
@@ -84,12 +86,22 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN index=(--no-cache-dir --find-links /wheels) \
     && if [ -n "$OFFLINE" ]; then index+=(--no-index); elif [ -n "$TORCH_INDEX_URL" ]; then \
         index+=(--extra-index-url "$TORCH_INDEX_URL"); fi \
-    && pip install "${index[@]}" -c /src/requirements/lock.txt mmcv==2.1.0 /src/producer /src/worker \
+    && printf '%s\n' "${index[@]}" > /src/pip-index.args \
+    && python -c 'import sys, tomllib; print("\n".join(d for f in sys.argv[1:] for d in tomllib.load(open(f, "rb"))["project"]["dependencies"] if d.split("[")[0] != "autolabel"))' \
+        /src/producer/pyproject.toml /src/worker/pyproject.toml > /src/dependencies.txt \
+    && pip install "${index[@]}" -c /src/requirements/lock.txt mmcv==2.1.0 -r /src/dependencies.txt \
     && cv="$(pip show opencv-python | sed -n 's/^Version: //p')" \
     && pip uninstall -y opencv-python \
     && pip install "${index[@]}" --no-deps "opencv-python-headless==$cv" \
-    && pip uninstall -y triton networkx pip setuptools wheel \
-    && /src/docker/slim-env.sh /opt/autolabel \
+    && pip uninstall -y triton networkx \
+    && /src/docker/slim-env.sh /opt/autolabel
+COPY producer/ /src/producer/
+COPY worker/ /src/worker/
+# The product's own two packages, from the sources (no version to pin); their dependencies are in.
+# hadolint ignore=DL3013,DL3042
+RUN mapfile -t index < /src/pip-index.args \
+    && pip install "${index[@]}" --no-deps /src/producer /src/worker \
+    && pip uninstall -y pip setuptools wheel \
     && python -c "import cv2, mmcv.ops, mmdet.apis, torch, autolabel_worker.app, autolabel.storage"
 COPY configs/ /opt/autolabel/configs/
 
