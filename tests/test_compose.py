@@ -181,6 +181,8 @@ def images(engine: None, figures: Figures) -> Images:
         if previous and previous != image_id(tag):  # the last run's image, untagged now: not left to fill the disk
             subprocess.run(["docker", "image", "rm", previous], capture_output=True, timeout=120)
         figures.say(f"build {tag}: {time.monotonic() - started:.0f} s")
+    # Each build with changed code adds gigabytes of cache; what a warm run uses is under 5 GB.
+    sh("pruning the build cache", builder, "builder", "prune", "-f", "--keep-storage", "10GB", timeout_s=900)
     sizes = {}
     for tag in (WORKER_IMAGE, PRODUCER_IMAGE, BASE_IMAGE):
         sizes[tag], layers = image_report(tag)
