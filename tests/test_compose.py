@@ -242,6 +242,12 @@ def stack(images: Images, figures: Figures, tmp_path_factory: pytest.TempPathFac
         figures.say(f"up until every service is healthy: {time.monotonic() - started:.0f} s")
         yield stack
     finally:
+        # Every service's log, kept past down -v for a failure's post-mortem.
+        log_path = tmp_path_factory.getbasetemp() / "compose.log"
+        with log_path.open("w") as log:
+            subprocess.run([*stack.compose_argv, *FILES, "logs", "--no-color", "--timestamps"], cwd=ROOT,
+                           env=stack.env(), stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        figures.say(f"the services' logs: {log_path}")
         started = time.monotonic()
         # down -v: containers, the project's network and its named volumes; not the images.
         subprocess.run([*stack.compose_argv, *FILES, "down", "-v", "--remove-orphans", "--timeout", "30"],
