@@ -418,6 +418,9 @@ def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: Labelin
     store.put_json(layout.manifest_key(job_id), JobManifest(spec=spec, frames=tuple(frames)))
     client.progress.register(job_id, total=len(frames), model=MODEL, source="frames")
     enqueue_frames(client.celery, spec, good + poison)
+    # The doomed task goes out once the rest has ended: a process killed for holding it must not
+    # also hold good frames in every delivery, or they would be dead-lettered with it.
+    wait_until(lambda: client.status(job_id).finished == len(good + poison), "the good and poison frames", 120)
     client.celery.send_task(TASK_DETECT, task_id=doomed_task, queue=queue_for(MODEL),
                             kwargs=DetectTask(job_id=job_id, options=spec.options, frames=doomed).model_dump(mode="json"))
     # Whichever process runs the doomed task dies, as if the task crashed it: its lease names it.
@@ -435,7 +438,7 @@ def test_poison_frames_and_a_dead_lettered_task(stack: DevStack, client: Labelin
     counts.check(passes_again_allowed=True)
     assert pool.finalized(job_id) == 1
     failed = {f.frame_id: f.reason for f in summary.failed_frames}
-    assert set(failed) == {f.frame_id for f in poison + doomed}
+    assert set(failed) == {f.frame_id for f in poison + doomed}, failed
     assert "FrameError" in failed["poison-truncated"] and "FrameError" in failed["poison-garbage"]
     assert "empty (0 bytes)" in failed["poison-empty"] and "does not exist" in failed["poison-missing"]
     assert failed["doomed-00"] == f"dead-lettered after {MAX_DELIVERIES} lost deliveries"
