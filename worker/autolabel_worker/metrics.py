@@ -24,15 +24,13 @@ from autolabel.logs import POOL_DEVICE_ENV, POOL_SLOT_ENV
 from autolabel.settings import get_settings
 
 LABELS = ("model", "device", "process")
-FAILURE_REASONS = ("fetch", "decode", "inference", "upload", "time_limit", "invalid", "retries", "dead_letter")
-STAGES = ("fetch", "decode", "upload")
 # From a 20 ms pass of a small model on a GPU to minutes of a large one on CPU.
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 INFO_LABELS = ("model_version", "torch", "mmcv", "mmdet", "cuda")
 
 FRAMES_LABELED = Counter("autolabel_frames_labeled_total", "Frames whose result was written", LABELS)
-FRAMES_FAILED = Counter("autolabel_frames_failed_total", "Frames that failed, by reason", (*LABELS, "reason"))
+FRAMES_FAILED = Counter("autolabel_frames_failed_total", "Frames that failed, by reason: fetch, decode, inference, time_limit, invalid, retries, dead_letter", (*LABELS, "reason"))
 FRAMES_SKIPPED = Counter("autolabel_frames_skipped_total",
                          "Frames already labeled with the same stamp, not run again", LABELS)
 FORWARD_SECONDS = Histogram("autolabel_forward_seconds", "One forward pass", LABELS, buckets=SECONDS_BUCKETS)
