@@ -30,7 +30,9 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 INFO_LABELS = ("model_version", "torch", "mmcv", "mmdet", "cuda")
 
 FRAMES_LABELED = Counter("autolabel_frames_labeled_total", "Frames whose result was written", LABELS)
-FRAMES_FAILED = Counter("autolabel_frames_failed_total", "Frames that failed, by reason: fetch, decode, inference, time_limit, invalid, retries, dead_letter", (*LABELS, "reason"))
+FRAMES_FAILED = Counter("autolabel_frames_failed_total",
+                        "Frames that failed, by reason: fetch, decode, inference, time_limit, invalid, retries, "
+                        "dead_letter", (*LABELS, "reason"))
 FRAMES_SKIPPED = Counter("autolabel_frames_skipped_total",
                          "Frames already labeled with the same stamp, not run again", LABELS)
 FORWARD_SECONDS = Histogram("autolabel_forward_seconds", "One forward pass", LABELS, buckets=SECONDS_BUCKETS)
