@@ -44,7 +44,8 @@ def existing_stamps(store: ObjectStore, job_id: str, refs: Sequence[FrameRef],
 
 def write_result(store: ObjectStore, result: FrameResult, stamp: dict[str, str]) -> None:
     store.put_json(layout.detection_key(result.job_id, result.frame_id), result, stamp)
-    # Counted as each write lands: a process killed mid-task has counted exactly what it wrote.
+    # Counted as each write lands, so a process killed mid-task has counted what it wrote, except a
+    # write the store kept whose reply the process never got: its redelivery counts it as skipped.
     metrics.here(metrics.FRAMES_LABELED).inc()
 
 
