@@ -403,9 +403,18 @@ def test_prometheus_sees_a_real_job_and_a_killed_process(stack: DevStack, observ
     frames = job_frames(keys, 32)
     client.submit_frames(frames, job_id="metrics-killed", model=MODEL, batch_size=2)
     wait_for_progress(client, "metrics-killed", 0.25)
-    victim = pool.kill_busy(signal.SIGKILL, random.Random(14))
-    slot = slot_of(pool, victim)
-    killed_at = time.time()
+    # The victim is a process whose labeled frames Prometheus has already scraped: a process that
+    # had counted none yet has no series whose vanishing the check below could see.
+    slots = {p["pid"]: slot_of(pool, p["pid"]) for p in pool.status()[1]["processes"]}
+
+    def uncounted() -> frozenset[int]:
+        return frozenset(pid for pid, slot in slots.items()
+                         if not prometheus.value(f'autolabel_frames_labeled_total{{process="{slot}"}}') > 0)
+
+    wait_until(lambda: uncounted() != frozenset(slots), "a worker process's frames in Prometheus", 30)
+    killed_at = time.time()  # before the signal: what Prometheus held then was scraped before the kill
+    victim = pool.kill_busy(signal.SIGKILL, random.Random(14), spare=uncounted())
+    slot = slots[victim]
     series = f'autolabel_frames_labeled_total{{process="{slot}"}}'
     assert client.wait("metrics-killed", timeout=180).state == JobState.DONE
     pool.wait_ready(120)
@@ -421,7 +430,7 @@ def test_prometheus_sees_a_real_job_and_a_killed_process(stack: DevStack, observ
     assert killed_counts.labeled - THREADS * 2 <= labeled_killed <= killed_counts.labeled
     assert labeled_killed + skipped >= killed_counts.labeled
     prometheus.settles_at(f'sum(autolabel_child_restarts_total{{process="{slot}"}})', 1)
-    before_kill = prometheus.value(series, at=killed_at - 1.5)
+    before_kill = prometheus.value(series, at=killed_at)
     after = prometheus.value(series)
     assert after >= before_kill > 0, f"process {slot}'s counter went from {before_kill} to {after}"
     assert prometheus.value(f"resets({series}[{int(time.time() - killed_at) + 10}s])") == 0
