@@ -10,9 +10,8 @@ import logging
 import pytest
 
 from autolabel.celery_app import frames_repr, make_celery
-from autolabel.errors import SettingsError
 from autolabel.logs import JsonFormatter, RedactingFormatter, mask_handlers, redact, relay_lines, secrets_of
-from autolabel.settings import MASK, Settings, get_settings
+from autolabel.settings import MASK, Settings
 
 PASSWORD = "hunter2-Xy9"
 SECRET_KEY = "AKIA-secret-key-0123"
@@ -79,16 +78,6 @@ def test_a_line_inside_a_task_carries_its_job_task_and_frames() -> None:
     received = json.loads(formatter.format(record("Task %(name)s[%(id)s] received", {
         "id": "t-8", "name": "autolabel.detect_frames", "kwargs": frames_repr(kwargs)})))
     assert (received["task_id"], received["job_id"], received["frames"]) == ("t-8", "job-8", 2)
-
-
-def test_an_unknown_log_format_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AUTOLABEL_LOG_FORMAT", "xml")
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(SettingsError, match="AUTOLABEL_LOG_FORMAT"):
-            get_settings()
-    finally:
-        get_settings.cache_clear()
 
 
 def test_a_childs_output_is_relayed_as_json_lines(capfd: pytest.CaptureFixture[str]) -> None:

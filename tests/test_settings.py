@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from autolabel.errors import SettingsError
 from autolabel.settings import MASK, Settings, get_settings, mask_url_password
 
 
@@ -49,6 +50,18 @@ def test_url_without_password_is_unchanged() -> None:
 def test_bad_values_name_the_field(field: str, value: str) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(_env_file=None, **{field: value})
+
+
+@pytest.mark.parametrize(("variable", "value"), [("AUTOLABEL_LOG_FORMAT", "xml"), ("AUTOLABEL_TORCH_THREADS", "0")])
+def test_a_bad_environment_value_is_refused_by_its_variable(variable: str, value: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError, match=variable):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
 
 
 def test_secret_files_are_read_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
