@@ -19,14 +19,18 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import Reject
 
+from autolabel.celery_app import make_celery
 from autolabel.client import LabelingClient
 from autolabel.contract import TASK_DETECT, TASK_SUBMIT, FrameRef, SubmitFramesTask, queue_for
-from autolabel.devservices import DevStack, wait_until
+from autolabel.devservices import DevStack, free_port, wait_until
 from autolabel.errors import JobNotFoundError
 from autolabel.progress import JobState, JobStatus
+from autolabel.settings import Settings
 from autolabel.storage import ObjectStore
 from autolabel_worker.broker import BAD_MESSAGES_KEY, BadMessage
+from autolabel_worker.tasks import RequeueingTask
 from workerpool import MODEL, Pool, small_canvas_configs, upload_frames
 
 pytestmark = pytest.mark.integration
@@ -229,3 +233,25 @@ def test_a_malformed_payload_is_one_log_line_and_its_reason_reaches_flower(pool:
     about = [line for line in lines if task_id in line]
     assert "Traceback" not in "\n".join(lines) and len(lines) <= 3, "\n".join(lines)
     assert sum("frames.0.key" in line for line in about) == 1, "\n".join(lines)
+
+
+def test_a_retry_that_cannot_be_sent_puts_its_message_back() -> None:
+    """Celery rejects a message without requeueing it when the retry's copy cannot be sent; with
+    Redis back a moment later the reject went through and the task was lost (a job stuck at 236/240
+    after redis-server restarted for 3 s). The worker's tasks requeue it instead. The broker here is
+    a port nothing listens on: the copy's publish fails for real."""
+    app = make_celery(Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+
+    @app.task(bind=True, base=RequeueingTask, max_retries=3, shared=False)
+    def flaky(self: Any) -> None:
+        raise AssertionError("not run: only its retry is")
+
+    flaky.push_request(id="retry-unsent", retries=0, called_directly=False, is_eager=False,
+                       delivery_info={"exchange": "", "routing_key": QUEUE})
+    try:
+        with pytest.raises(Reject) as rejected:
+            flaky.retry(exc=ConnectionError("Redis away"), countdown=1)
+    finally:
+        flaky.pop_request()
+        app.close()
+    assert rejected.value.requeue is True, "the message would be dropped"

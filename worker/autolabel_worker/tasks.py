@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import redis
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import task_retry, worker_init, worker_ready
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel
@@ -109,7 +110,27 @@ def run_later(task: Task) -> None:
     task.signature_from_request(task.request, countdown=countdown).apply_async()
 
 
-class FramesTask(Task):
+class RequeueingTask(Task):
+    """Every task's base: a retry that cannot be sent puts its message back on its queue.
+
+    Celery's ``retry`` sends a copy of the message for later and then acknowledges this one; when
+    the copy cannot be sent (the broker is away: a retry for a Redis error often meets the same
+    outage) it rejects the message without requeueing it. With Redis back a moment later that
+    reject goes through and the task is gone: its frames neither labeled nor failed, the job never
+    complete (seen with redis-server restarting for 3 s mid-job). Requeued, it runs again with the
+    retries it had; while Redis is still away the reject fails too and the message stays
+    unacknowledged, for kombu's put-back or the sweep."""
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as reject:
+            if reject.requeue:
+                raise
+            raise Reject(reject.reason, requeue=True) from None
+
+
+class FramesTask(RequeueingTask):
     """A task that holds frames: when it fails for good, its frames fail with the reason, so the job completes."""
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: dict[str, Any], einfo: Any) -> None:
@@ -159,7 +180,7 @@ def detect_frames(self: Any, **payload: Any) -> dict[str, Any]:
     return {"job_id": task.job_id, "frames": len(task.frames)}
 
 
-@app.task(name=TASK_FINALIZE, bind=True, throws=(InvalidInputError,), **RETRY)
+@app.task(name=TASK_FINALIZE, bind=True, base=RequeueingTask, throws=(InvalidInputError,), **RETRY)
 def finalize(self: Any, **payload: Any) -> dict[str, Any]:
     task = parse(FinalizeTask, payload)
     try:
@@ -171,7 +192,7 @@ def finalize(self: Any, **payload: Any) -> dict[str, Any]:
     return {"job_id": task.job_id}
 
 
-@app.task(name=TASK_SUBMIT, bind=True, throws=(InvalidInputError,), **RETRY)
+@app.task(name=TASK_SUBMIT, bind=True, base=RequeueingTask, throws=(InvalidInputError,), **RETRY)
 def submit_frames(self: Any, **payload: Any) -> dict[str, Any]:
     """The raw Celery path: a backend sends a whole job; this fans it out like the client does."""
     task = parse(SubmitFramesTask, payload)
