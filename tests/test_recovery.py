@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
-from kombu import Connection
+from kombu import Connection, Exchange, Producer, Queue
 from workerpool import (
     BIN,
     MODEL,
@@ -46,7 +46,7 @@ from autolabel.cli import ProgressLine
 from autolabel.client import LabelingClient
 from autolabel.contract import TASK_DETECT, DetectOptions, DetectTask, FrameRef, queue_for
 from autolabel.devservices import DevStack, wait_until
-from autolabel.holders import HOLDERS_KEY, UNACKED_KEY
+from autolabel.holders import HOLDERS_KEY, UNACKED_KEY, heartbeat_key
 from autolabel.progress import JobState
 from autolabel.settings import Settings
 from autolabel.storage import ObjectStore
@@ -98,10 +98,10 @@ def held_by(redis: redis_lib.Redis, pids: set[int]) -> dict[str, str]:
     return {tag: holder for tag, holder in redis.hgetall(HOLDERS_KEY).items() if int(holder.split("/")[1]) in pids}
 
 
-def queued_tags(redis: redis_lib.Redis) -> set[str]:
-    """Delivery tags of the messages waiting in the model's queue (each of its priority lists)."""
+def queued_tags(redis: redis_lib.Redis, queue: str = queue_for(MODEL)) -> set[str]:
+    """Delivery tags of the messages waiting in ``queue`` (each of its priority lists)."""
     tags = set()
-    for key in redis.scan_iter(f"{queue_for(MODEL)}*"):
+    for key in redis.scan_iter(f"{queue}*"):
         if redis.type(key) == "list":
             tags.update(json.loads(item)["properties"]["delivery_tag"] for item in redis.lrange(key, 0, -1))
     return tags
@@ -228,6 +228,56 @@ def test_a_sweep_puts_back_only_messages_of_dead_holders_once(stack: DevStack) -
         redis.hset(HOLDERS_KEY, tag, Holder.of_this_process(redis).id)
         again.ack()
         assert not redis.hexists(UNACKED_KEY, tag) and not redis.hexists(HOLDERS_KEY, tag)
+    finally:
+        for connection in connections:
+            connection.release()
+
+
+def test_a_put_back_by_the_holder_loses_nothing_when_its_route_lookup_fails(
+        stack: DevStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kombu puts back what a process holds when its broker connection drops. For a message sent
+    through a named exchange that means looking the exchange's bindings up, which fails on a closing
+    channel ('NoneType' object has no attribute 'hostname'); kombu logged it and removed the message
+    from ``unacked`` all the same, pushed nowhere. Here such a message stays, is disowned, and the
+    next sweep puts it back; a put-back that can route pushes the message once, and leaves alone a
+    message another process holds by now."""
+    settings = own_database(stack, 4)
+    queue, options = "recovery-restore", make_celery(settings).conf.broker_transport_options
+    redis = redis_lib.Redis.from_url(settings.broker_url, decode_responses=True)
+    connections = [Connection(settings.broker_url, transport=Transport, transport_options=options) for _ in range(3)]
+    closing, sweeping, healthy = (connection.default_channel for connection in connections)
+    me, other = Holder.of_this_process(redis), "other-host/2/alive"
+    try:
+        # Through an exchange of its own (Celery's send_task uses the default one): putting the
+        # message back then looks the exchange's bindings up in Redis.
+        bound = Queue(queue, Exchange("recovery-restore-exchange"), routing_key=queue)
+        for task_id in ("restore-unroutable", "restore-taken-over", "restore-routable"):
+            Producer(sweeping).publish({"task": task_id}, exchange=bound.exchange, routing_key=queue, declare=[bound])
+        unroutable, taken_over = (closing.basic_get(queue).delivery_tag for _ in range(2))
+        waiting = queued_tags(redis, queue)
+        redis.hset(HOLDERS_KEY, taken_over, other)  # swept to another process, which lives
+        redis.set(heartbeat_key(other), "1", px=60_000)
+
+        def closed(exchange: str) -> list[tuple[str, str, str]]:
+            raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+        monkeypatch.setattr(closing, "get_table", closed)
+        closing.qos.restore_unacked()
+        assert redis.hexists(UNACKED_KEY, unroutable), "the message left unacked without going back to its queue"
+        assert redis.hget(HOLDERS_KEY, unroutable) == me.disowned
+        assert redis.hget(HOLDERS_KEY, taken_over) == other and redis.hexists(UNACKED_KEY, taken_over)
+        assert queued_tags(redis, queue) == waiting and len(waiting) == 1
+
+        assert sweeping.qos.sweep() == 1
+        assert queued_tags(redis, queue) == waiting | {unroutable}
+        assert not redis.hexists(UNACKED_KEY, unroutable) and not redis.hexists(HOLDERS_KEY, unroutable)
+
+        taken = healthy.basic_get(queue)
+        assert taken.delivery_info["redelivered"]  # kombu's put-back goes where the next pop takes from
+        healthy.qos.restore_unacked()
+        assert redis.llen(queue) == 2 and queued_tags(redis, queue) == waiting | {unroutable}
+        assert not redis.hexists(UNACKED_KEY, taken.delivery_tag) and not redis.hexists(HOLDERS_KEY, taken.delivery_tag)
+        assert redis.hget(HOLDERS_KEY, taken_over) == other and redis.hexists(UNACKED_KEY, taken_over)
     finally:
         for connection in connections:
             connection.release()

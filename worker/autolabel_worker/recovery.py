@@ -16,6 +16,17 @@ flag) is kombu's own ``_do_restore_message``, recorded instead of sent.
 An acknowledgement removes the message's records only while its holder is this process (or none
 is recorded): a process that was paused past its heartbeat and resumes must not remove the entry
 of the process its message was redelivered to, or that copy would be lost with its next holder.
+
+kombu also puts messages back itself: what a process holds when its broker connection drops or
+it shuts down (``restore_unacked``), a requeue, a message past the visibility timeout
+(``restore_by_tag``). Its transaction removes the ``unacked`` entry even when it could not push
+the message back: ``_do_restore_message`` logs any error but a connection error and goes on, and
+a closing channel's lookup of a named exchange's bindings fails that way (``'NoneType' object has
+no attribute 'hostname'``). It also removes the entry of a process the message was swept to
+meanwhile, and pushes a second copy. Here the pushes are worked out first, and the entry is
+removed and the message pushed by one Lua script, or neither; a process puts back only what it
+still holds; a message that cannot be routed is disowned (recorded as held by this process's id
+plus ``DISOWNED``, which never beats) and the next sweep of a live process puts it back.
 """
 
 from __future__ import annotations
@@ -41,10 +52,13 @@ from autolabel_worker.delivery import Deliveries
 
 log = logging.getLogger("autolabel.recovery")
 
-# KEYS: unacked, unacked_index, holders. ARGV: tag, holder. Acknowledges unless another process holds it now.
+DISOWNED = "/disowned"
+
+# KEYS: unacked, unacked_index, holders. ARGV: tag, holder, the holder disowned. Acknowledges unless
+# another process holds it now.
 _RELEASE = """
 local holder = redis.call('HGET', KEYS[3], ARGV[1])
-if holder and holder ~= ARGV[2] then return 0 end
+if holder and holder ~= ARGV[2] and holder ~= ARGV[3] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
@@ -66,6 +80,28 @@ for i = 6, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[i - 2]) end
 return 1
 """
 
+# KEYS: unacked, unacked_index, holders, then the lists to push to. ARGV: tag, holder ('' for any),
+# the unacked entry as read, RPUSH or LPUSH, then one payload per list. Only while no other process
+# holds the message and its entry is the one read; removed and pushed together.
+_PUT_BACK = """
+local holder = redis.call('HGET', KEYS[3], ARGV[1])
+if ARGV[2] ~= '' and holder and holder ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[3] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+for i = 4, #KEYS do redis.call(ARGV[4], KEYS[i], ARGV[i + 1]) end
+return 1
+"""
+# KEYS: holders. ARGV: tag, holder, the holder disowned. Hands the message to the sweep, unless
+# another process holds it now.
+_DISOWN = """
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder and holder ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
 
 class Holder:
     """This process as a holder of messages: its id and the heartbeat thread that says it lives."""
@@ -77,6 +113,7 @@ class Holder:
         # The random part: a restarted container may give a new process the old one's pid.
         self.id = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
         self.key, self.ttl_ms, self._client = heartbeat_key(self.id), ttl_ms, client
+        self.disowned = self.id + DISOWNED  # never beats: what this process gives up is swept
         threading.Thread(target=self._beat, name="holder-heartbeat", daemon=True).start()
 
     @classmethod
@@ -101,11 +138,14 @@ class _Pushes:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self.command = "RPUSH"
 
     def rpush(self, key: str, value: str) -> None:
         self.items.append((key, value))
 
-    lpush = rpush
+    def lpush(self, key: str, value: str) -> None:
+        self.command = "LPUSH"
+        self.items.append((key, value))
 
 
 class QoS(kombu_redis.QoS):
@@ -114,6 +154,8 @@ class QoS(kombu_redis.QoS):
         with self.channel.conn_or_acquire() as client:
             self._release = client.register_script(_RELEASE)
             self._restore = client.register_script(_RESTORE)
+            self._put_back = client.register_script(_PUT_BACK)
+            self._disown = client.register_script(_DISOWN)
 
     def _holder(self) -> Holder:
         return Holder.of_this_process(self.channel._create_client())
@@ -138,19 +180,50 @@ class QoS(kombu_redis.QoS):
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
-            self.restore_by_tag(delivery_tag, leftmost=True)
+            self._put_back_tag(delivery_tag, None, leftmost=True, holder=self._holder())
         else:
             self._release_tag(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
+    def restore_unacked(self, client: Any = None) -> None:
+        """kombu's put-back of what this process holds (a lost connection, a warm shutdown), each
+        message only while this process is still its holder."""
+        holder = self._holder()
+        with self.channel.conn_or_acquire(client) as client:
+            for tag in self._delivered:
+                self._put_back_tag(tag, client, holder=holder)
+        self._delivered.clear()
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        """kombu's put-back of a message past the visibility timeout, whoever holds it."""
+        self._put_back_tag(tag, client, leftmost=leftmost)
+
     def _release_tag(self, delivery_tag: str) -> None:
+        holder = self._holder()
         with self.channel.conn_or_acquire() as client:
             self._release(keys=[self.unacked_key, self.unacked_index_key, HOLDERS_KEY],
-                          args=[delivery_tag, self._holder().id], client=client)
+                          args=[delivery_tag, holder.id, holder.disowned], client=client)
 
-    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        # kombu's own restores (a lost connection, shutdown, the visibility timeout) drop the holder too.
-        return super()._remove_from_indices(delivery_tag, pipe).hdel(HOLDERS_KEY, delivery_tag)
+    def _put_back_tag(self, tag: str, client: Any, leftmost: bool = False, holder: Holder | None = None) -> None:
+        """Put one message back on its queue without the loss kombu's restore_by_tag risks (see the
+        module's docstring); with ``holder``, only while that process holds it."""
+        with self.channel.conn_or_acquire(client) as client:
+            raw = client.hget(self.unacked_key, tag)
+            if raw is None:  # acknowledged, or swept to another process
+                return
+            payload, exchange, routing_key = loads(bytes_to_str(raw))
+            pushes = _Pushes()
+            self.channel._do_restore_message(payload, exchange, routing_key, pushes, leftmost)
+            if not pushes.items:  # kombu could not route it (logged)
+                if holder is not None and self._disown(
+                        keys=[HOLDERS_KEY], args=[tag, holder.id, holder.disowned], client=client) == 1:
+                    log.warning("message %s could not be put back on its queue here; the next sweep will", tag)
+                return
+            self._put_back(keys=[self.unacked_key, self.unacked_index_key, HOLDERS_KEY,
+                                 *(key for key, _ in pushes.items)],
+                           args=[tag, holder.id if holder else "", raw, pushes.command,
+                                 *(value for _, value in pushes.items)],
+                           client=client)
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         super().restore_visible(*args, **kwargs)
