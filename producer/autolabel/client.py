@@ -33,7 +33,7 @@ from autolabel.errors import InvalidInputError, JobNotFoundError, NoWorkerError,
 from autolabel.exports import Summary
 from autolabel.holders import orphans, orphans_note
 from autolabel.jobs import changed_frame, enqueue_frames, frame_change, previous_manifest, start_job
-from autolabel.progress import JobState, JobStatus, ProgressStore, ping_broker
+from autolabel.progress import JobState, JobStatus, ProgressStore, broker_checker, ping_broker
 from autolabel.selection import FrameSelector
 from autolabel.serving import config_names, no_worker_message, unserved_for_s
 from autolabel.settings import Settings, get_settings
@@ -55,6 +55,7 @@ class LabelingClient:
         self.settings = settings or get_settings()
         self.store = ObjectStore.from_settings(self.settings)
         self.progress = ProgressStore.from_url(self.settings.broker_url)
+        self._broker_checker = broker_checker(self.settings.broker_url)
         self.celery = make_celery(self.settings)
 
     def _spec(self, source: str, job_id: str | None, options: dict[str, Any]) -> JobSpec:
@@ -118,7 +119,7 @@ class LabelingClient:
             "cut_threshold": cut_threshold, "priority": priority, "batch_size": batch_size, "track": track})
         # Both services are checked before anything is uploaded: without Redis the frames would be
         # uploaded for nothing, and a missing bucket fails here, once, not as the first frame's upload.
-        ping_broker(self.settings.broker_url)
+        ping_broker(self.settings.broker_url, checker=self._broker_checker)
         self.store.check_bucket()
         with tempfile.TemporaryDirectory(prefix="autolabel-") as tmp:
             path = self._local_video(str(source), Path(tmp))
@@ -245,7 +246,7 @@ class LabelingClient:
         spec = self._spec("frames", job_id, {"model": model, "score_threshold": score_threshold,
                                              "classes": classes, "priority": priority, "batch_size": batch_size,
                                              "track": track})
-        ping_broker(self.settings.broker_url)
+        ping_broker(self.settings.broker_url, checker=self._broker_checker)
         previous = self._previous(job_id, replace)
         if previous is not None and not replace and (change := changed_frame(previous, refs)):
             raise self._refuse_other_frames(spec.job_id, change)
