@@ -28,7 +28,7 @@ import pytest
 from autolabel import layout
 from autolabel.client import LabelingClient
 from autolabel.contract import JobManifest
-from autolabel.devservices import wait_until
+from autolabel.devservices import free_port, wait_until
 from autolabel.exports import CocoFile
 from autolabel.settings import Settings
 from autolabel.synth import generate_video
@@ -43,6 +43,8 @@ FILES = ["-f", "docker-compose.yml", "-f", "docker/compose.kill-test.yml"]
 ENV = {
     "REDIS_PASSWORD": "compose-test-redis", "MINIO_ROOT_USER": "autolabel", "MINIO_ROOT_PASSWORD": "compose-test-minio",
     "FLOWER_USER": "admin", "FLOWER_PASSWORD": "compose-test-flower", "OFFLINE": "1", "TAG": "compose-test",
+    # Ports nothing on this host uses: a CI machine may run its own MinIO on 9000.
+    **{name: str(free_port()) for name in ("MINIO_PORT", "MINIO_CONSOLE_PORT", "FLOWER_PORT", "EXPORTER_PORT")},
 }
 WORKER_IMAGE = f"autolabel-worker:{ENV['TAG']}-cpu"
 PRODUCER_IMAGE = f"autolabel:{ENV['TAG']}"
@@ -219,11 +221,12 @@ class Stack:
 
     def client(self) -> LabelingClient:
         """A client on this machine, on the stack's Redis (a loopback port the override publishes)
-        and MinIO (127.0.0.1:9000 in docker-compose.yml): the counts the fault suite takes."""
+        and MinIO (its loopback port): the counts the fault suite takes."""
         redis_port = self.compose("finding Redis' port", "port", "redis", "6379").strip().rsplit(":", 1)[1]
+        minio_port = self.compose("finding MinIO's port", "port", "minio", "9000").strip().rsplit(":", 1)[1]
         return LabelingClient(Settings(
             _env_file=None, broker_url=f"redis://:{ENV['REDIS_PASSWORD']}@127.0.0.1:{redis_port}/0",
-            s3_endpoint_url="http://127.0.0.1:9000", s3_access_key_id=ENV["MINIO_ROOT_USER"],
+            s3_endpoint_url=f"http://127.0.0.1:{minio_port}", s3_access_key_id=ENV["MINIO_ROOT_USER"],
             s3_secret_access_key=ENV["MINIO_ROOT_PASSWORD"], bucket="autolabel"))
 
 
