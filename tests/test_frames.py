@@ -1,15 +1,19 @@
-"""Frame decoding refuses bad images with a reason, and reads the size from the header first."""
+"""Frame decoding refuses bad images with a reason, and reads the size from the header first; a
+task's frames are fetched concurrently, a lone one on the task's own thread."""
 
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from autolabel.contract import FrameRef
 from autolabel.errors import FrameError
-from autolabel_worker.frames import decode_image
+from autolabel.storage import ObjectStore
+from autolabel_worker.frames import decode_image, load_frames
 
 
 def jpeg(width: int, height: int, colour: tuple[int, int, int] = (200, 30, 10)) -> bytes:
@@ -58,3 +62,33 @@ def test_oversized_frame_is_refused_from_its_header() -> None:
     data[sof + 5:sof + 9] = (6000).to_bytes(2, "big") + (8000).to_bytes(2, "big")
     with pytest.raises(FrameError, match="8000x6000, above the limit of 40000000"):
         decode_image(bytes(data), max_pixels=40_000_000)
+
+
+@pytest.mark.integration
+def test_a_lone_frame_is_fetched_on_the_calling_thread_and_a_batch_concurrently(
+        store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pool's thread start waits for the GIL while another thread computes: up to a millisecond
+    # on a lone frame's path, for nothing. A batch still fetches in parallel, and fails frame by frame.
+    store.put_bytes("frames-test/good.jpg", jpeg(64, 48), "image/jpeg")
+    store.put_bytes("frames-test/corrupt.jpg", b"\xff\xd8 not a jpeg", "image/jpeg")
+    fetched_on = []
+    get_bytes = store.get_bytes
+
+    def spied(key: str) -> bytes:
+        fetched_on.append(threading.current_thread())
+        return get_bytes(key)
+
+    monkeypatch.setattr(store, "get_bytes", spied)
+    good = FrameRef(frame_id="good", key="frames-test/good.jpg", index=0)
+    loaded, failures = load_frames(store, [good], max_pixels=10**6, threads=4)
+    assert [frame.ref.frame_id for frame in loaded] == ["good"] and failures == {}
+    assert fetched_on == [threading.current_thread()]
+
+    fetched_on.clear()
+    refs = [FrameRef(frame_id="corrupt", key="frames-test/corrupt.jpg", index=1), good,
+            FrameRef(frame_id="missing", key="frames-test/missing.jpg", index=2)]
+    loaded, failures = load_frames(store, refs, max_pixels=10**6, threads=4)
+    assert [frame.ref.frame_id for frame in loaded] == ["good"]
+    assert set(failures) == {"corrupt", "missing"}
+    assert "FrameError" in failures["corrupt"] and "ObjectNotFoundError" in failures["missing"]
+    assert threading.current_thread() not in fetched_on and len(fetched_on) == 3

@@ -14,7 +14,7 @@ from autolabel.errors import AutolabelError
 from autolabel.storage import ObjectStore
 from autolabel_worker import metrics
 from autolabel_worker.delivery import HeldLease, settle
-from autolabel_worker.frames import load_frames
+from autolabel_worker.frames import load_frames, thread_map
 from autolabel_worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ def existing_stamps(store: ObjectStore, job_id: str, refs: Sequence[FrameRef],
     def stamp(ref: FrameRef) -> dict[str, str] | None:
         return store.metadata(layout.detection_key(job_id, ref.frame_id))
 
-    with ThreadPoolExecutor(max_workers=min(threads, len(refs))) as pool:
-        return dict(zip((ref.frame_id for ref in refs), pool.map(stamp, refs)))
+    return dict(zip((ref.frame_id for ref in refs), thread_map(stamp, refs, threads)))
 
 
 def write_result(store: ObjectStore, result: FrameResult, stamp: dict[str, str]) -> None:
@@ -136,9 +135,9 @@ def process_batch(rt: Runtime, task: DetectTask, claimer: str = "", lease: HeldL
         skipped |= {r.frame_id for r in results if written[r.frame_id] == wanted[r.frame_id]}
         results = [r for r in results if r.frame_id not in skipped]
     if results:
-        with (metrics.here(metrics.STAGE_SECONDS, stage="upload").time(),
-              ThreadPoolExecutor(max_workers=min(rt.settings.frame_fetch_threads, len(results))) as pool):
-            list(pool.map(lambda r: write_result(rt.store, r, wanted[r.frame_id]), results))
+        with metrics.here(metrics.STAGE_SECONDS, stage="upload").time():
+            thread_map(lambda r: write_result(rt.store, r, wanted[r.frame_id]), results,
+                       rt.settings.frame_fetch_threads)
     metrics.here(metrics.FRAMES_SKIPPED).inc(len(skipped))
     for frame_id, reason in failures.items():
         log.warning("job %s frame %s failed: %s", job_id, frame_id, reason)

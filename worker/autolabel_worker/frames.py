@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -15,6 +16,19 @@ from autolabel.contract import FrameRef, content_hash
 from autolabel.errors import FrameError, ObjectNotFoundError
 from autolabel.storage import ObjectStore
 from autolabel_worker import metrics
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def thread_map(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
+    """``fn`` of each item, in order, on up to ``threads`` threads. A single item runs on the calling
+    thread: starting a pool's thread waits for the GIL (up to a switch interval while another thread
+    computes), which put up to a millisecond on a lone frame's fetch and again on its upload."""
+    if len(items) == 1:
+        return [fn(items[0])]
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(items)))) as pool:
+        return list(pool.map(fn, items))
 
 
 @dataclass
@@ -63,21 +77,22 @@ def load_frames(
     A missing or bad frame fails alone; any other storage error propagates so the task is retried.
     """
 
-    def load(ref: FrameRef) -> LoadedFrame:
-        with metrics.here(metrics.STAGE_SECONDS, stage="fetch").time():
-            data = store.get_bytes(ref.key)
-        with metrics.here(metrics.STAGE_SECONDS, stage="decode").time():
-            return LoadedFrame(ref, decode_image(data, max_pixels), content_hash(data))
+    def load(ref: FrameRef) -> LoadedFrame | FrameError | ObjectNotFoundError:
+        try:
+            with metrics.here(metrics.STAGE_SECONDS, stage="fetch").time():
+                data = store.get_bytes(ref.key)
+            with metrics.here(metrics.STAGE_SECONDS, stage="decode").time():
+                return LoadedFrame(ref, decode_image(data, max_pixels), content_hash(data))
+        except (FrameError, ObjectNotFoundError) as exc:
+            return exc
 
     loaded: list[LoadedFrame] = []
     failures: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=min(threads, len(refs))) as pool:
-        futures = [(ref, pool.submit(load, ref)) for ref in refs]
-        for ref, future in futures:
-            try:
-                loaded.append(future.result())
-            except (FrameError, ObjectNotFoundError) as exc:
-                failures[ref.frame_id] = f"{type(exc).__name__}: {exc}"
-                metrics.here(metrics.FRAMES_FAILED, reason="fetch" if isinstance(exc, ObjectNotFoundError)
-                             else "decode").inc()
+    for ref, outcome in zip(refs, thread_map(load, refs, threads)):
+        if isinstance(outcome, LoadedFrame):
+            loaded.append(outcome)
+            continue
+        failures[ref.frame_id] = f"{type(outcome).__name__}: {outcome}"
+        metrics.here(metrics.FRAMES_FAILED, reason="fetch" if isinstance(outcome, ObjectNotFoundError)
+                     else "decode").inc()
     return loaded, failures
