@@ -19,7 +19,9 @@ decided by ``take_batch``, a pure function. Under a backlog, frames of several t
 The model is loaded and warmed up on the model's thread too, and ``call`` runs any other work
 there (between passes). On a CPU device the torch operations of the test pipeline and the
 data preprocessor run on those other threads in OpenMP thread teams of their own beside the
-model's: AUTOLABEL_TORCH_THREADS below the cores leaves them (and the I/O) a core.
+model's, each as large as the model's: torch gives a thread the count last set (by the model's
+thread, in load) when it first runs a torch op. AUTOLABEL_TORCH_THREADS below the cores thus
+leaves the I/O a core.
 """
 
 from __future__ import annotations

@@ -89,7 +89,9 @@ def add_plugin_dirs(plugin_dirs: str) -> None:
 
 
 def load_detector(settings: Settings, model: ModelFiles) -> Detector:
-    """Load the model; run on the model's own thread (the Batcher's), which sets its thread count."""
+    """Load the model; run on the model's own thread (the Batcher's), which sets its thread count
+    and, as torch takes the count last set on a thread's first torch op, that of the task and
+    batch-forming threads too (tests/test_runtime_threads.py)."""
     if settings.torch_threads is not None:
         # On CPU the forward pass's OpenMP threads otherwise take every core, and the fetch,
         # decode and upload threads of the same process (and Redis beside it) wait behind them.
