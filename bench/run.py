@@ -335,54 +335,58 @@ def stages(bench: Bench, detector: Any, model: str, label: str, frames: int, bat
 # ---------------------------------------------------------------- the embedded model on CPU
 
 
-def bare(bench: Bench, batch: int, frames: int, threads: int) -> tuple[float, float]:
-    """Frames/s of a plain loop over decoded frames, and the median seconds of one single-frame pass."""
-    from autolabel_worker.detector import Detector
-    from autolabel_worker.models import resolve_model
-
-    torch.set_num_threads(threads)
-    model = resolve_model(bench.settings)
-    detector = Detector.load(model.config, model.checkpoint, device=bench.device)
-    images = bench.decoded(frames)
-    detector.predict(images[:batch], score_threshold=0.3)
+def bare_seconds(detector: Any, images: list[Any], batch: int) -> float:
+    """Seconds of a plain loop over decoded frames, a batch a call."""
     started = time.perf_counter()
     for i in range(0, len(images), batch):
         detector.predict(images[i:i + batch], score_threshold=0.3)
-    fps = len(images) / (time.perf_counter() - started)
-    singles = []
-    for image in images[:10]:
-        t = time.perf_counter()
-        detector.predict([image], score_threshold=0.3)
-        singles.append(time.perf_counter() - t)
-    return fps, statistics.median(singles)
+    return time.perf_counter() - started
 
 
-def cpu(bench: Bench, frames: int, batch: int, samples: int) -> dict[str, Any]:
+def cpu(bench: Bench, frames: int, batch: int, samples: int, rounds: int) -> dict[str, Any]:
+    from autolabel_worker.detector import Detector
+    from autolabel_worker.models import resolve_model
+
     cores = os.cpu_count() or 1
     out: dict[str, Any] = {}
     rows = []
     default_threads = torch.get_num_threads()
+    model = resolve_model(bench.settings)
+    images = bench.decoded(frames)
+    per_round = frames // rounds
     for name, threads in (("capped", max(1, cores - 1)), ("uncapped", default_threads)):
         spec = ModelSpec(bench.settings.model, env={"AUTOLABEL_TORCH_THREADS": str(threads)} if name == "capped" else {})
-        # The bare loop runs before and after the pipeline and the two are averaged, so a drift in
-        # the machine's speed during the run weighs on both sides of the ratio alike.
-        before, single_before = bare(bench, batch, frames, threads)
+        torch.set_num_threads(threads)
+        detector = Detector.load(model.config, model.checkpoint, device=bench.device)
+        detector.predict(images[:batch], score_threshold=0.3)
+        bare_s = pipeline_s = 0.0
+        round_efficiencies = []
         with bench.workers(spec, batch, 1):
-            _, submitted, labeled = bench.job(bench.client, bench.refs[:frames], batch)
+            # The bare loop and the pipeline take turns on slices of the frames (the workers idle
+            # while the loop runs): this machine's speed drifts by 10 to 20 % within minutes, and
+            # turns of a minute or less weigh that drift on both sides of the ratio alike.
+            for part in (slice(i * per_round, (i + 1) * per_round) for i in range(rounds)):
+                loop_s = bare_seconds(detector, images[part], batch)
+                _, submitted, labeled = bench.job(bench.client, bench.refs[part], batch)
+                bare_s, pipeline_s = bare_s + loop_s, pipeline_s + labeled - submitted
+                round_efficiencies.append(loop_s / (labeled - submitted))
+            # Lone passes of the bare loop before and after the lone frames, for the same reason.
+            singles = [bare_seconds(detector, [image], 1) for image in images[:samples]]
             times = bench.single_latencies(bench.client, batch, samples)
-        after, single_after = bare(bench, batch, frames, threads)
-        pipeline_fps = frames / (labeled - submitted)
-        bare_fps, single = (before + after) / 2, (single_before + single_after) / 2
+            singles += [bare_seconds(detector, [image], 1) for image in images[:samples]]
+        pipeline_fps, bare_fps = rounds * per_round / pipeline_s, rounds * per_round / bare_s
+        single = statistics.median(singles)
         latency = statistics.median(labeled_at - started for started, _, labeled_at in times)
-        out[name] = {"model_threads": threads, "frames": frames, "batch_size": batch, "pipeline_fps": pipeline_fps,
-                     "bare_fps": bare_fps, "bare_fps_before": before, "bare_fps_after": after,
-                     "efficiency": pipeline_fps / bare_fps, "submit_to_result_s": latency,
+        out[name] = {"model_threads": threads, "frames": rounds * per_round, "batch_size": batch, "rounds": rounds,
+                     "pipeline_fps": pipeline_fps, "bare_fps": bare_fps, "efficiency": pipeline_fps / bare_fps,
+                     "round_efficiencies": round_efficiencies, "submit_to_result_s": latency,
                      "bare_single_frame_s": single, "idle_latency_ratio": latency / single}
-        rows.append((name, threads, f"{pipeline_fps:.2f}", f"{bare_fps:.2f} ({before:.2f} / {after:.2f})",
-                     f"{pipeline_fps / bare_fps:.3f}", f"{latency:.3f}", f"{single:.3f}", f"{latency / single:.3f}"))
+        rows.append((name, threads, f"{pipeline_fps:.2f}", f"{bare_fps:.2f}", f"{pipeline_fps / bare_fps:.3f}",
+                     f"{min(round_efficiencies):.3f} - {max(round_efficiencies):.3f}", f"{latency:.3f}",
+                     f"{single:.3f}", f"{latency / single:.3f}"))
     torch.set_num_threads(default_threads)
-    table(f"cpu (the embedded model, {cores} cores, {frames} frames, batch {batch})",
-          ("model threads", "n", "pipeline frames/s", "bare frames/s (before / after)", "efficiency",
+    table(f"cpu (the embedded model, {cores} cores, {rounds} rounds of {per_round} frames, batch {batch})",
+          ("model threads", "n", "pipeline frames/s", "bare frames/s", "efficiency", "rounds' efficiency",
            "submit-to-result s", "bare single s", "idle_latency_ratio"), rows)
     return out
 
@@ -420,7 +424,10 @@ def main() -> None:
                         "issue's 2,000: about 6 minutes at batch 4, 2000/4 x t(4))")
     parser.add_argument("--sweep-frames", type=int, default=100, help="frames per sim_scaling run")
     parser.add_argument("--stage-frames", type=int, default=100, help="frames through the stages run")
-    parser.add_argument("--cpu-frames", type=int, default=500, help="frames of each CPU pipeline job")
+    parser.add_argument("--cpu-frames", type=int, default=500, help="frames through the CPU pipeline (and the "
+                        "bare loop) in each setting")
+    parser.add_argument("--cpu-rounds", type=int, default=4, help="turns the bare loop and the CPU pipeline take "
+                        "on as many slices of those frames")
     parser.add_argument("--samples", type=int, default=10, help="single-frame jobs per latency figure")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
@@ -429,6 +436,8 @@ def main() -> None:
     parser.add_argument("--per-frame-s", type=float, default=simdevice.TimingLaw.per_frame_s, help="the card's b")
     parser.add_argument("--output", type=Path, default=RESULTS / "bench.json")
     args = parser.parse_args()
+    if not 1 <= args.cpu_rounds <= args.cpu_frames:
+        parser.error(f"--cpu-rounds must be from 1 to --cpu-frames ({args.cpu_frames}), not {args.cpu_rounds}")
     law = simdevice.TimingLaw(args.fixed_s, args.per_frame_s)
     results: dict[str, Any] = {"law": {"label": SIM, "fixed_s": law.fixed_s, "per_frame_s": law.per_frame_s}}
     frames = max(args.sim_frames, args.sweep_frames, args.stage_frames, args.cpu_frames, args.samples)
@@ -445,7 +454,7 @@ def main() -> None:
             elif name == "stages":
                 results[name] = sim_stages(bench, root, law, args.stage_frames, args.batch_size)
             elif name == "cpu":
-                results[name] = cpu(bench, args.cpu_frames, args.batch_size, args.samples)
+                results[name] = cpu(bench, args.cpu_frames, args.batch_size, args.samples, args.cpu_rounds)
             else:
                 parser.error(f"unknown benchmark {name!r}")
     if args.output.is_file() and set(args.names) != set(ALL):
