@@ -211,9 +211,7 @@ class QoS(kombu_redis.QoS):
             raw = client.hget(self.unacked_key, tag)
             if raw is None:  # acknowledged, or swept to another process
                 return
-            payload, exchange, routing_key = loads(bytes_to_str(raw))
-            pushes = _Pushes()
-            self.channel._do_restore_message(payload, exchange, routing_key, pushes, leftmost)
+            _, pushes = self._route(raw, leftmost)
             if not pushes.items:  # kombu could not route it (logged)
                 if holder is not None and self._disown(
                         keys=[HOLDERS_KEY], args=[tag, holder.id, holder.disowned], client=client) == 1:
@@ -224,6 +222,13 @@ class QoS(kombu_redis.QoS):
                            args=[tag, holder.id if holder else "", raw, pushes.command,
                                  *(value for _, value in pushes.items)],
                            client=client)
+
+    def _route(self, raw: bytes, leftmost: bool = False) -> tuple[dict[str, Any], _Pushes]:
+        """An ``unacked`` entry's message, and the pushes kombu's own restore would make of it."""
+        payload, exchange, routing_key = loads(bytes_to_str(raw))
+        pushes = _Pushes()
+        self.channel._do_restore_message(payload, exchange, routing_key, pushes, leftmost)
+        return payload, pushes
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         super().restore_visible(*args, **kwargs)
@@ -240,9 +245,8 @@ class QoS(kombu_redis.QoS):
                 raw = client.hget(self.unacked_key, tag)
                 pushes, task_id = _Pushes(), tag
                 if raw is not None:
-                    payload, exchange, routing_key = loads(bytes_to_str(raw))
+                    payload, pushes = self._route(raw)
                     task_id = str((payload.get("headers") or {}).get("id") or tag)
-                    self.channel._do_restore_message(payload, exchange, routing_key, pushes)
                     if not pushes.items:  # kombu could not route it (logged): the visibility timeout will
                         continue
                 keys = [self.unacked_key, self.unacked_index_key, HOLDERS_KEY, heartbeat_key(holder),
